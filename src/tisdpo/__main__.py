@@ -1,0 +1,5 @@
+import sys
+
+from tisdpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""The ``tisdpo`` command: ``tisdpo <subcommand> [--flags] [--config recipe.yaml]``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from tisdpo.errors import UserError, did_you_mean
+
+SUBCOMMANDS = {
+    "train": (
+        "tisdpo.commands.train",
+        "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)",
+    ),
+    "evaluate": ("tisdpo.commands.evaluate", "preference metrics of a model against a reference"),
+}
+
+USAGE = (
+    "usage: tisdpo <command> [--flags] [--config recipe.yaml] [--debug]\n\ncommands:\n"
+    + "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
+    + "\n\n'tisdpo <command> --help' lists the command's flags."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(
+            f"tisdpo: unknown command '{name}'{did_you_mean(name, SUBCOMMANDS)}\n\n{USAGE}",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[tisdpo] %(message)s")
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        module.run(rest)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"tisdpo {name}: error: {err.format()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tisdpo {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

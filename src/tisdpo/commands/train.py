@@ -1,0 +1,110 @@
+"""``tisdpo train``: DPO-family, TIS-DPO and SFT training of a causal LM on preference pairs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from tisdpo.commands.common import (
+    load_model,
+    load_pairs,
+    load_tokenizer_for,
+    require,
+    with_reference_logps,
+)
+from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
+from tisdpo.data.tokenize import PairTokenizer
+from tisdpo.modeling import wrap_with_lora
+from tisdpo.trainer import PreferenceTrainer
+from tisdpo.utils import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def run(argv: list[str]) -> dict[str, float]:
+    model_args, data_args, config = parse_config(
+        [ModelArguments, DataArguments, TisdpoConfig], argv, prog="tisdpo train"
+    )
+    model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo train")
+    dataset_name = require(data_args.dataset_name, "dataset_name", "tisdpo train")
+    set_seed(config.seed)
+
+    tokenizer = load_tokenizer_for(model_args)
+    pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
+    train_dataset = load_pairs(
+        dataset_name,
+        data_args.dataset_split,
+        data_args,
+        pair_tokenizer,
+        config.needs_weights,
+        data_args.max_samples,
+    )
+    eval_dataset = None
+    if data_args.eval_dataset_name:
+        eval_dataset = load_pairs(
+            data_args.eval_dataset_name,
+            data_args.eval_dataset_split,
+            data_args,
+            pair_tokenizer,
+            config.needs_weights,
+            data_args.max_eval_samples,
+        )
+    elif data_args.eval_fraction > 0:
+        split = train_dataset.train_test_split(test_size=data_args.eval_fraction, seed=config.seed)
+        train_dataset, eval_dataset = split["train"], split["test"]
+
+    policy = load_model(model_args, model_name)
+    if model_args.use_peft:
+        policy = wrap_with_lora(
+            policy,
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+        )
+    ref_model = None
+    if config.needs_reference:
+        if config.precompute_ref_log_probs:
+            if model_args.ref_model_name_or_path:
+                reference = load_model(model_args, model_args.ref_model_name_or_path)
+                train_dataset, eval_dataset = with_reference_logps(
+                    [train_dataset, eval_dataset],
+                    reference,
+                    model_args.ref_model_name_or_path,
+                    tokenizer,
+                    config,
+                )
+                del reference
+            else:
+                context = policy.disable_adapter if model_args.use_peft else None
+                train_dataset, eval_dataset = with_reference_logps(
+                    [train_dataset, eval_dataset], policy, model_name, tokenizer, config, context
+                )
+        elif model_args.ref_model_name_or_path or not model_args.use_peft:
+            ref_model = load_model(model_args, model_args.ref_model_name_or_path or model_name)
+
+    trainer = PreferenceTrainer(
+        policy,
+        config,
+        tokenizer,
+        ref_model=ref_model,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    checkpoint = config.resume_from_checkpoint
+    if checkpoint is None and config.auto_resume and os.path.isdir(config.output_dir):
+        checkpoint = get_last_checkpoint(config.output_dir)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(config.output_dir)
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        write_json(os.path.join(config.output_dir, "all_results.json"), metrics)
+        trainer.save_state()
+    return metrics

@@ -1,0 +1,268 @@
+"""Command-line and YAML configuration: dataclasses whose every field is a flag.
+
+``--config recipe.yaml`` sets the same fields (keys are field names); flags given on the command
+line override the file. Unknown keys and flags are refused with the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from tisdpo.errors import UserError, did_you_mean
+
+LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "sft")
+REFERENCE_FREE_LOSSES = ("simpo", "sft")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Policy model: a hub id or a local save_pretrained folder."}
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reference model (default: the policy's starting weights)."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer (default: the policy's)."}
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto", metadata={"help": "Weights dtype; losses are always computed in fp32."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa, flash_attention_2 ..."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the hub to run. Off unless asked."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter; the reference is the base model with the adapter disabled."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local .json/.jsonl(.gz)/.parquet file, saved dataset folder, or hub dataset name."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Held-out pairs for evaluation (same formats)."}
+    )
+    eval_dataset_split: str = field(
+        default="test", metadata={"help": "Split of a hub evaluation dataset."}
+    )
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold out this fraction of the training pairs for evaluation when no eval dataset is given."
+        },
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation rows."}
+    )
+    max_length: int | None = field(
+        default=512,
+        metadata={"help": "Maximum prompt + completion tokens; completions are cut at the end."},
+    )
+    max_prompt_length: int | None = field(
+        default=256, metadata={"help": "Maximum prompt tokens; prompts keep their end."}
+    )
+    reverse_pairs: bool = field(
+        default=False,
+        metadata={"help": "Swap chosen and rejected (reverse DPO; SFT on rejected responses)."},
+    )
+    preference_key: Literal["better", "safer"] = field(
+        default="better",
+        metadata={"help": "PKU-SafeRLHF: use better_response_id or safer_response_id."},
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Template for plain-text prompts, e.g. '\\n\\nHuman: {prompt}\\n\\nAssistant:'."
+        },
+    )
+    drop_identical_pairs: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop pairs whose chosen and rejected are identical (always counted in the log)."
+        },
+    )
+
+
+@dataclass
+class TisdpoConfig(TrainingArguments):
+    """Training arguments of transformers plus the preference objective's own."""
+
+    loss_type: Literal[LOSS_TYPES] = field(
+        default="dpo", metadata={"help": "Objective: " + ", ".join(LOSS_TYPES)}
+    )  # type: ignore[valid-type]
+    beta: float = field(
+        default=0.1, metadata={"help": "DPO temperature beta (SimPO's beta for simpo)."}
+    )
+    label_smoothing: float | None = field(
+        default=None, metadata={"help": "cDPO label noise eps (default 0.1 for cdpo, 0 otherwise)."}
+    )
+    tdpo_alpha: float = field(
+        default=0.5, metadata={"help": "TDPO2's alpha on the sequential KL term."}
+    )
+    simpo_gamma_beta_ratio: float = field(
+        default=0.5, metadata={"help": "SimPO margin gamma / beta."}
+    )
+    tisdpo_kl_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Coefficient of TIS-DPO's weighted sequential-KL term (0 = off, the default)."
+        },
+    )
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute reference log-probs once before training (cached) instead of running the reference model every step."
+        },
+    )
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where precomputed reference log-probs are cached (default ~/.cache/tisdpo)."
+        },
+    )
+    logprob_path: Literal["chunked", "logits"] = field(
+        default="chunked",
+        metadata={
+            "help": "chunked: LM head on completion positions in chunks, no full logits; logits: the model's own forward."
+        },
+    )
+    lm_head_chunk_size: int = field(
+        default=1024, metadata={"help": "Tokens per LM-head chunk on the chunked path."}
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
+    )
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Resume from the last checkpoint found in output_dir."}
+    )
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
+    logging_steps: float = field(default=10, metadata={"help": "Log metrics every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the trainer needs its own columns."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise UserError("--output_dir is required")
+        self.remove_unused_columns = False
+        if self.label_smoothing is None:
+            self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
+        if self.loss_type in ("tdpo1", "tdpo2") or self.tisdpo_kl_coef:
+            self.precompute_ref_log_probs = (
+                False  # the KL terms need the full reference distribution
+            )
+        super().__post_init__()
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss_type not in REFERENCE_FREE_LOSSES
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.loss_type == "tisdpo"
+
+    @property
+    def needs_token_kl(self) -> bool:
+        return self.loss_type in ("tdpo1", "tdpo2") or (
+            self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef)
+        )
+
+
+def load_yaml_config(path: str) -> dict[str, Any]:
+    """Read a YAML recipe with the safe loader; it must be a mapping of field names to values."""
+    if not os.path.exists(path):
+        raise UserError("config file not found", source=path)
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            raise UserError(
+                f"not valid YAML ({getattr(err, 'problem', err)})",
+                source=path,
+                location=f"line {mark.line + 1}" if mark else None,
+            ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"expected a mapping of field names to values, got {type(data).__name__}", source=path
+        )
+    return data
+
+
+def field_names(types: Sequence[type]) -> set[str]:
+    return {f.name for t in types for f in dataclasses.fields(t) if f.init}
+
+
+def check_keys(keys: Sequence[str], types: Sequence[type], source: str) -> None:
+    known = field_names(types)
+    for key in keys:
+        if key not in known:
+            raise UserError(f"unknown setting '{key}'{did_you_mean(key, known)}", source=source)
+
+
+def extract_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Pull ``--config PATH`` (or ``--config=PATH``) out of argv."""
+    rest, config = [], None
+    iterator = iter(argv)
+    for arg in iterator:
+        if arg == "--config":
+            config = next(iterator, None)
+            if config is None:
+                raise UserError("--config needs a path to a YAML file")
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return config, rest
+
+
+def parse_config(types: Sequence[type], argv: list[str], prog: str = "tisdpo") -> tuple[Any, ...]:
+    """Parse flags (and an optional ``--config`` YAML) into instances of ``types``."""
+    config_path, argv = extract_config_flag(list(argv))
+    parser = HfArgumentParser(list(types), prog=prog)
+    if config_path:
+        values = load_yaml_config(config_path)
+        check_keys(list(values), types, config_path)
+        parser.set_defaults(**values)
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if remaining:
+        flag = remaining[0]
+        name = flag.lstrip("-").split("=", 1)[0]
+        raise UserError(f"unknown flag '{flag}'{did_you_mean(name, field_names(types))}")
+    return tuple(parsed)

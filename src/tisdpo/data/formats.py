@@ -1,0 +1,318 @@
+"""Read preference data and bring every known format to one shape: prompt / chosen / rejected.
+
+Accepted rows (auto-detected per row):
+
+* standard:        ``prompt``, ``chosen``, ``rejected`` as text
+* conversational:  the same columns as lists of ``{"role", "content"}`` messages
+* implicit prompt: only ``chosen`` and ``rejected`` (text or messages); the prompt is their common
+                   prefix, cut after the last ``"\\n\\nAssistant:"`` for Anthropic HH dialogues
+* PKU-SafeRLHF:    ``prompt``, ``response_0``, ``response_1`` and ``better_response_id`` /
+                   ``safer_response_id`` (which one is chosen by ``preference_key``)
+
+Any other column (``chosen_weights``, ``chosen_token_ids`` ...) is carried along unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tisdpo.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant", "tool")
+HH_ASSISTANT_TAG = "\n\nAssistant:"
+PAIRED_PREFIXES = ("chosen", "rejected")
+
+
+@dataclass
+class RawRecords:
+    """Rows as read from a source, with a human label for each row's location (``line 12``)."""
+
+    rows: list[dict[str, Any]]
+    source: str
+    locations: list[str]
+
+    def where(self, index: int) -> str:
+        return self.locations[index] if index < len(self.locations) else f"example {index}"
+
+
+def _open_text(path: str):
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.endswith(".gz")
+        else open(path, encoding="utf-8")
+    )
+
+
+def _read_jsonl(path: str) -> RawRecords:
+    rows, locations = [], []
+    with _open_text(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(
+                    f"not valid JSON ({err.msg} at column {err.colno})",
+                    source=path,
+                    location=f"line {line_number}",
+                ) from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"expected a JSON object, got {type(row).__name__}",
+                    source=path,
+                    location=f"line {line_number}",
+                )
+            rows.append(row)
+            locations.append(f"line {line_number}")
+    return RawRecords(rows, path, locations)
+
+
+def _read_json(path: str) -> RawRecords:
+    with _open_text(path) as handle:
+        text = handle.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        # A .json file holding one object per line is common enough to accept.
+        if err.msg == "Extra data":
+            return _read_jsonl(path)
+        raise UserError(
+            f"not valid JSON ({err.msg})", source=path, location=f"line {err.lineno}"
+        ) from None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        raise UserError("expected a JSON list of objects (or JSON lines)", source=path)
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(
+                f"expected a JSON object, got {type(row).__name__}",
+                source=path,
+                location=f"example {index}",
+            )
+    return RawRecords(data, path, [f"example {i}" for i in range(len(data))])
+
+
+def _read_with_datasets(name: str, split: str, kind: str | None) -> RawRecords:
+    import datasets
+
+    try:
+        if kind == "parquet":
+            dataset = datasets.load_dataset("parquet", data_files=name, split="train")
+        elif kind == "disk":
+            dataset = datasets.load_from_disk(name)
+            if isinstance(dataset, datasets.DatasetDict):
+                dataset = dataset[split]
+        else:
+            dataset = datasets.load_dataset(name, split=split)
+    except FileNotFoundError as err:
+        raise UserError(f"dataset not found ({err})", source=name) from None
+    except Exception as err:  # the hub and readers raise many kinds; all mean "could not load"
+        raise UserError(
+            f"could not load dataset: {type(err).__name__}: {err}", source=name
+        ) from None
+    rows = dataset.to_list()
+    label = "row" if kind == "parquet" else "example"
+    return RawRecords(rows, name, [f"{label} {i}" for i in range(len(rows))])
+
+
+def read_records(name_or_path: str, split: str = "train") -> RawRecords:
+    """Read rows from a local JSON / JSONL(.gz) / Parquet file, a saved dataset folder or a hub name."""
+    lowered = name_or_path.lower()
+    if lowered.endswith((".jsonl", ".jsonl.gz")):
+        kind = "jsonl"
+    elif lowered.endswith((".json", ".json.gz")):
+        kind = "json"
+    elif lowered.endswith(".parquet"):
+        kind = "parquet"
+    elif os.path.isdir(name_or_path):
+        kind = (
+            "disk"
+            if os.path.exists(os.path.join(name_or_path, "dataset_info.json"))
+            or os.path.exists(os.path.join(name_or_path, "dataset_dict.json"))
+            else None
+        )
+    else:
+        kind = None
+    if kind in ("jsonl", "json", "parquet") and not os.path.exists(name_or_path):
+        raise UserError("file not found", source=name_or_path)
+    if kind == "jsonl":
+        return _read_jsonl(name_or_path)
+    if kind == "json":
+        return _read_json(name_or_path)
+    return _read_with_datasets(name_or_path, split, kind)
+
+
+def is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) for m in value)
+
+
+def _check_text(value: Any, field: str, source: str, where: str, allow_empty: bool = False) -> str:
+    if value is None:
+        raise UserError(
+            "is missing or null (expected text)", source=source, location=where, field=field
+        )
+    if not isinstance(value, str):
+        raise UserError(
+            f"expected text, got {type(value).__name__}", source=source, location=where, field=field
+        )
+    if not allow_empty and not value.strip():
+        raise UserError("is empty or whitespace only", source=source, location=where, field=field)
+    return value
+
+
+def _check_messages(value: Any, field: str, source: str, where: str) -> list[dict[str, str]]:
+    if not value:
+        raise UserError("is an empty conversation", source=source, location=where, field=field)
+    for turn, message in enumerate(value):
+        role = message.get("role")
+        if role not in ROLES:
+            raise UserError(
+                f"message {turn} has unknown role {role!r} (expected one of {', '.join(ROLES)})",
+                source=source,
+                location=where,
+                field=field,
+            )
+        if not isinstance(message.get("content"), str):
+            raise UserError(
+                f"message {turn} has no text 'content'", source=source, location=where, field=field
+            )
+    return value
+
+
+def _check_field(value: Any, field: str, source: str, where: str, allow_empty: bool = False):
+    if is_conversation(value):
+        return _check_messages(value, field, source, where)
+    return _check_text(value, field, source, where, allow_empty=allow_empty)
+
+
+def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """Split two full dialogues sharing a prompt into (prompt, chosen_response, rejected_response).
+
+    Text: the longest common prefix, cut after the last ``"\\n\\nAssistant:"`` inside it (Anthropic
+    HH), else at the last whitespace so no word is split. Messages: the longest common list prefix,
+    ending before the first differing assistant turn.
+    """
+    if is_conversation(chosen) and is_conversation(rejected):
+        common = 0
+        while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
+            common += 1
+        while common > 0 and chosen[common - 1].get("role") == "assistant":
+            common -= 1
+        return chosen[:common], chosen[common:], rejected[common:]
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(HH_ASSISTANT_TAG)
+    if cut >= 0:
+        cut += len(HH_ASSISTANT_TAG)
+    else:
+        cut = max(common.rfind(" "), common.rfind("\n"))
+        cut = 0 if cut < 0 else cut
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """How raw rows become preference examples."""
+
+    preference_key: str = "better"  # PKU-SafeRLHF: better_response_id or safer_response_id
+    prompt_template: str | None = None  # plain-text prompts: "{prompt}" is replaced by the prompt
+    reverse: bool = False  # swap chosen and rejected (reverse DPO, negative SFT)
+
+
+def swap_sides(row: dict[str, Any]) -> dict[str, Any]:
+    """Exchange every ``chosen*`` column with its ``rejected*`` twin."""
+    swapped = dict(row)
+    for key, value in row.items():
+        for this, other in (PAIRED_PREFIXES, PAIRED_PREFIXES[::-1]):
+            if key.startswith(this):
+                swapped[other + key[len(this) :]] = value
+    return swapped
+
+
+def normalize_row(
+    row: dict[str, Any], options: FormatOptions, source: str, where: str
+) -> dict[str, Any]:
+    """One raw row -> a dict with ``prompt``, ``chosen``, ``rejected`` (text or messages) and extras."""
+    out = dict(row)
+    if "response_0" in row and "response_1" in row:
+        key = f"{options.preference_key}_response_id"
+        choice = row.get(key)
+        if choice not in (0, 1):
+            raise UserError(
+                f"expected 0 or 1, got {choice!r}", source=source, location=where, field=key
+            )
+        responses = [
+            _check_text(row["response_0"], "response_0", source, where),
+            _check_text(row["response_1"], "response_1", source, where),
+        ]
+        out["chosen"], out["rejected"] = responses[choice], responses[1 - choice]
+    for field in ("chosen", "rejected"):
+        if field not in out:
+            raise UserError(
+                "is missing (expected prompt/chosen/rejected, chosen/rejected, or PKU-SafeRLHF response_0/response_1)",
+                source=source,
+                location=where,
+                field=field,
+            )
+        _check_field(out[field], field, source, where)
+    if "prompt" not in out:
+        out["prompt"], out["chosen"], out["rejected"] = split_implicit_prompt(
+            out["chosen"], out["rejected"]
+        )
+    else:
+        out["prompt"] = _check_field(out["prompt"], "prompt", source, where, allow_empty=True)
+    for field in ("chosen", "rejected"):
+        _check_field(out[field], field, source, where)
+    if is_conversation(out["chosen"]) != is_conversation(out["rejected"]):
+        raise UserError(
+            "chosen and rejected must both be text or both be message lists",
+            source=source,
+            location=where,
+            field="rejected",
+        )
+    if isinstance(out["prompt"], str) and options.prompt_template:
+        out["prompt"] = options.prompt_template.replace("{prompt}", out["prompt"])
+    if isinstance(out["prompt"], str) and is_conversation(out["chosen"]):
+        out["prompt"] = [{"role": "user", "content": out["prompt"]}] if out["prompt"] else []
+    return swap_sides(out) if options.reverse else out
+
+
+def iter_normalized(
+    records: RawRecords, options: FormatOptions
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for index, row in enumerate(records.rows):
+        yield index, normalize_row(row, options, records.source, records.where(index))
+
+
+def load_preference_rows(
+    name_or_path: str,
+    split: str = "train",
+    options: FormatOptions | None = None,
+    max_samples: int | None = None,
+) -> tuple[RawRecords, list[dict[str, Any]]]:
+    """Read and normalize a preference dataset. Returns the raw records (for locations) and rows."""
+    records = read_records(name_or_path, split)
+    if max_samples is not None:
+        records = RawRecords(
+            records.rows[:max_samples], records.source, records.locations[:max_samples]
+        )
+    if not records.rows:
+        raise UserError("the dataset has no rows", source=name_or_path)
+    rows = [row for _, row in iter_normalized(records, options or FormatOptions())]
+    identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
+    if identical:
+        logger.warning(
+            "%s: %d pair(s) have chosen identical to rejected; they carry no preference signal",
+            name_or_path,
+            identical,
+        )
+    return records, rows

@@ -1,0 +1,193 @@
+"""Reference log-probabilities computed once before training and cached by fingerprint.
+
+Without TDPO-style KL terms the reference model only contributes ``log pi_ref(y_t)`` for each
+completion token, which never changes during training; so we compute it once, store it beside the
+data as ``ref_chosen_logps`` / ``ref_rejected_logps`` and hold no reference model while training.
+The cache key covers the reference model's files, its dtype, the token ids of every pair and the
+log-prob path, so a changed model or dataset never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from tisdpo.data.collate import PreferenceCollator
+from tisdpo.logprobs import completion_logps
+from tisdpo.utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+    root = os.environ.get("TISDPO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "tisdpo"
+    )
+    return os.path.join(root, "ref_logps")
+
+
+def reference_fingerprint(model_parts: dict[str, Any], dataset: Any, logprob_path: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {"model": model_parts, "path": logprob_path, "version": CACHE_VERSION},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
+        for ids in dataset[column]:
+            digest.update(len(ids).to_bytes(4, "little"))
+            digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to waste little on padding."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def score_reference(
+    model: torch.nn.Module,
+    dataset: Any,
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    logprob_path: str = "chunked",
+    chunk_size: int = 1024,
+    reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    indices: list[int] | None = None,
+) -> dict[int, tuple[list[float], list[float]]]:
+    """Per-token reference log-probs of both completions for the rows ``indices`` of ``dataset``."""
+    indices = list(range(len(dataset))) if indices is None else indices
+    collator = PreferenceCollator(pad_token_id)
+    rows = dataset.select(indices)
+    lengths = [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(
+            rows["prompt_input_ids"], rows["chosen_input_ids"], rows["rejected_input_ids"]
+        )
+    ]
+    was_training = model.training
+    model.eval()
+    results: dict[int, tuple[list[float], list[float]]] = {}
+    try:
+        with reference_context():
+            for batch_rows in tqdm(
+                length_sorted_batches(lengths, batch_size),
+                desc="reference log-probs",
+                disable=len(lengths) < 2 * batch_size,
+            ):
+                features = [rows[i] for i in batch_rows]
+                batch = {k: v.to(device) for k, v in collator(features).items()}
+                out = completion_logps(
+                    model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    batch["completion_start"],
+                    batch["completion_mask"],
+                    logprob_path,
+                    chunk_size,
+                )
+                count = len(features)
+                for k, i in enumerate(batch_rows):
+                    chosen = out.logps[k][out.mask[k]].tolist()
+                    rejected = out.logps[count + k][out.mask[count + k]].tolist()
+                    results[indices[i]] = (chosen, rejected)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def save_cache(path: str, logps: list[tuple[list[float], list[float]]]) -> None:
+    flat, offsets = [], [0]
+    for chosen, rejected in logps:
+        for side in (chosen, rejected):
+            flat.extend(side)
+            offsets.append(len(flat))
+    with atomic_path(path) as tmp:
+        save_file(
+            {
+                "logps": torch.tensor(flat, dtype=torch.float32),
+                "offsets": torch.tensor(offsets, dtype=torch.int64),
+            },
+            tmp,
+        )
+
+
+def load_cache(path: str) -> list[tuple[list[float], list[float]]]:
+    tensors = load_file(path)
+    flat, offsets = tensors["logps"].tolist(), tensors["offsets"].tolist()
+    sides = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return [(sides[i], sides[i + 1]) for i in range(0, len(sides), 2)]
+
+
+def iter_shard(total: int, rank: int, world: int) -> Iterator[int]:
+    return iter(range(rank, total, world))
+
+
+def add_reference_logps(
+    dataset: Any,
+    model: torch.nn.Module,
+    model_parts: dict[str, Any],
+    pad_token_id: int,
+    batch_size: int,
+    logprob_path: str = "chunked",
+    chunk_size: int = 1024,
+    cache_dir: str | None = None,
+    reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Any:
+    """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns (cached).
+
+    Under ``accelerate launch`` each process scores every world_size-th row and the results are
+    gathered, so the work is done once across processes.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(
+        cache_dir, reference_fingerprint(model_parts, dataset, logprob_path) + ".safetensors"
+    )
+    if os.path.exists(path):
+        logger.info("reusing cached reference log-probs %s", path)
+        logps = load_cache(path)
+    else:
+        shard = list(iter_shard(len(dataset), state.process_index, state.num_processes))
+        scored = score_reference(
+            model,
+            dataset,
+            pad_token_id,
+            batch_size,
+            state.device,
+            logprob_path,
+            chunk_size,
+            reference_context,
+            shard,
+        )
+        gathered = gather_object([scored]) if state.num_processes > 1 else [scored]
+        merged: dict[int, tuple[list[float], list[float]]] = {}
+        for part in gathered:
+            merged.update(part)
+        logps = [merged[i] for i in range(len(dataset))]
+        if state.is_main_process:
+            os.makedirs(cache_dir, exist_ok=True)
+            save_cache(path, logps)
+        state.wait_for_everyone()
+    return dataset.add_column("ref_chosen_logps", [c for c, _ in logps]).add_column(
+        "ref_rejected_logps", [r for _, r in logps]
+    )
