@@ -33,20 +33,15 @@ def load_pairs(
     max_samples: int | None,
 ) -> Any:
     """Read, normalize and tokenize a preference dataset into the training table (a datasets.Dataset)."""
-    records, rows = load_preference_rows(name, split, format_options(data_args), max_samples)
-    indices = list(range(len(rows)))
-    if data_args.drop_identical_pairs:
-        kept = [i for i, row in enumerate(rows) if row["chosen"] != row["rejected"]]
-        if len(kept) < len(rows):
-            logger.warning(
-                "%s: dropped %d pair(s) with chosen identical to rejected",
-                name,
-                len(rows) - len(kept),
-            )
-        rows, indices = [rows[i] for i in kept], kept
-    prepared = prepare_pairs(
-        rows, records, pair_tokenizer, need_weights=need_weights, indices=indices
+    records, rows = load_preference_rows(
+        name, split, format_options(data_args), max_samples, data_args.skip_empty_responses
     )
+    if data_args.drop_identical_pairs:
+        kept = [row for row in rows if row["chosen"] != row["rejected"]]
+        if len(kept) < len(rows):
+            logger.warning("%s: dropped %d pair(s) with chosen identical to rejected", name, len(rows) - len(kept))
+        rows = kept
+    prepared = prepare_pairs(rows, records, pair_tokenizer, need_weights=need_weights)
     logger.info(
         "%s: %d pairs ready (%d dropped by truncation)",
         name,

@@ -31,6 +31,10 @@ HH_ASSISTANT_TAG = "\n\nAssistant:"
 PAIRED_PREFIXES = ("chosen", "rejected")
 
 
+class EmptyResponseError(UserError):
+    """A response with no text; such pairs can be skipped with ``skip_empty_responses``."""
+
+
 @dataclass
 class RawRecords:
     """Rows as read from a source, with a human label for each row's location (``line 12``)."""
@@ -166,7 +170,10 @@ def _check_text(value: Any, field: str, source: str, where: str, allow_empty: bo
             f"expected text, got {type(value).__name__}", source=source, location=where, field=field
         )
     if not allow_empty and not value.strip():
-        raise UserError("is empty or whitespace only", source=source, location=where, field=field)
+        raise EmptyResponseError(
+            "is empty or whitespace only (fix the row, or pass --skip_empty_responses to drop such pairs)",
+            source=source, location=where, field=field,
+        )
     return value
 
 
@@ -230,11 +237,13 @@ class FormatOptions:
 
 def swap_sides(row: dict[str, Any]) -> dict[str, Any]:
     """Exchange every ``chosen*`` column with its ``rejected*`` twin."""
-    swapped = dict(row)
+    swapped = {}
     for key, value in row.items():
         for this, other in (PAIRED_PREFIXES, PAIRED_PREFIXES[::-1]):
             if key.startswith(this):
-                swapped[other + key[len(this) :]] = value
+                key = other + key[len(this) :]
+                break
+        swapped[key] = value
     return swapped
 
 
@@ -287,10 +296,19 @@ def normalize_row(
 
 
 def iter_normalized(
-    records: RawRecords, options: FormatOptions
+    records: RawRecords, options: FormatOptions, skip_empty_responses: bool = False
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Normalized rows with their source index; pairs with an empty response raise or are skipped."""
+    skipped = 0
     for index, row in enumerate(records.rows):
-        yield index, normalize_row(row, options, records.source, records.where(index))
+        try:
+            yield index, normalize_row(row, options, records.source, records.where(index))
+        except EmptyResponseError:
+            if not skip_empty_responses:
+                raise
+            skipped += 1
+    if skipped:
+        logger.warning("%s: skipped %d pair(s) with an empty response", records.source, skipped)
 
 
 def load_preference_rows(
@@ -298,8 +316,12 @@ def load_preference_rows(
     split: str = "train",
     options: FormatOptions | None = None,
     max_samples: int | None = None,
+    skip_empty_responses: bool = False,
 ) -> tuple[RawRecords, list[dict[str, Any]]]:
-    """Read and normalize a preference dataset. Returns the raw records (for locations) and rows."""
+    """Read and normalize a preference dataset. Returns the raw records (for locations) and rows.
+
+    Each row gets ``source_index``, its position in the source (for messages and output order).
+    """
     records = read_records(name_or_path, split)
     if max_samples is not None:
         records = RawRecords(
@@ -307,7 +329,7 @@ def load_preference_rows(
         )
     if not records.rows:
         raise UserError("the dataset has no rows", source=name_or_path)
-    rows = [row for _, row in iter_normalized(records, options or FormatOptions())]
+    rows = [{**row, "source_index": index} for index, row in iter_normalized(records, options or FormatOptions(), skip_empty_responses)]
     identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
     if identical:
         logger.warning(

@@ -99,7 +99,6 @@ def prepare_pairs(
     pair_tokenizer: PairTokenizer,
     need_weights: bool = False,
     require_nonnegative_weights: bool = True,
-    indices: Sequence[int] | None = None,
 ) -> PreparedPairs:
     """Tokenize every row; drop (and count) the pairs truncation leaves without completion tokens."""
     columns: dict[str, list[Any]] = {
@@ -112,7 +111,7 @@ def prepare_pairs(
         columns["chosen_weights"], columns["rejected_weights"] = [], []
     dropped: list[int] = []
     for position, row in enumerate(rows):
-        index = indices[position] if indices is not None else position
+        index = row.get("source_index", position)
         where = records.where(index)
         pair = pair_tokenizer.tokenize(row)
         if pair is None:
