@@ -11,8 +11,18 @@ from tisdpo.data.collate import PreferenceCollator
 from tisdpo.logprobs import ChunkedLinearLogProb, completion_logps
 
 FEATURES = [
-    {"index": 0, "prompt_input_ids": [0, 5, 6, 7], "chosen_input_ids": [8, 9, 1], "rejected_input_ids": [10, 1]},
-    {"index": 1, "prompt_input_ids": [0, 11], "chosen_input_ids": [12, 13, 14, 15, 1], "rejected_input_ids": [16, 17, 1]},
+    {
+        "index": 0,
+        "prompt_input_ids": [0, 5, 6, 7],
+        "chosen_input_ids": [8, 9, 1],
+        "rejected_input_ids": [10, 1],
+    },
+    {
+        "index": 1,
+        "prompt_input_ids": [0, 11],
+        "chosen_input_ids": [12, 13, 14, 15, 1],
+        "rejected_input_ids": [16, 17, 1],
+    },
 ]
 
 
@@ -40,7 +50,15 @@ def test_paths_match_naive_values_and_gradients(model_and_batch, path):
     (expected * torch.arange(1, expected.numel() + 1).view_as(expected)).sum().backward()
     naive_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    out = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"], path=path, chunk_size=3)
+    out = completion_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_start"],
+        batch["completion_mask"],
+        path=path,
+        chunk_size=3,
+    )
     torch.testing.assert_close(out.logps, expected, rtol=1e-5, atol=1e-5)
     (out.logps * torch.arange(1, expected.numel() + 1).view_as(expected)).sum().backward()
     for name, param in model.named_parameters():
@@ -49,7 +67,13 @@ def test_paths_match_naive_values_and_gradients(model_and_batch, path):
 
 def test_padding_positions_are_zero(model_and_batch):
     model, batch = model_and_batch
-    out = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"])
+    out = completion_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_start"],
+        batch["completion_mask"],
+    )
     assert torch.all(out.logps[~batch["completion_mask"]] == 0)
     assert torch.all(out.logps[batch["completion_mask"]] < 0)
 
@@ -90,18 +114,50 @@ class LargestTensor(TorchDispatchMode):
 def test_chunked_path_never_allocates_batch_by_length_by_vocab():
     """Forward and backward on a long batch with a large vocabulary: no B x T x V (or T x V) tensor."""
     vocab, length, rows, chunk = 8000, 384, 2, 64
-    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(config)
-    features = [{"index": i, "prompt_input_ids": [0] * 8, "chosen_input_ids": list(range(3, 3 + length)), "rejected_input_ids": list(range(5, 5 + length))} for i in range(rows // 2)]
+    features = [
+        {
+            "index": i,
+            "prompt_input_ids": [0] * 8,
+            "chosen_input_ids": list(range(3, 3 + length)),
+            "rejected_input_ids": list(range(5, 5 + length)),
+        }
+        for i in range(rows // 2)
+    ]
     batch = PreferenceCollator(pad_token_id=2)(features)
     recorder = LargestTensor()
     with recorder:
-        out = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"], chunk_size=chunk)
+        out = completion_logps(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["completion_start"],
+            batch["completion_mask"],
+            chunk_size=chunk,
+        )
         out.logps.sum().backward()
     assert recorder.largest < length * vocab / 2  # far below a single row's T x V logits
-    assert recorder.largest <= max(chunk * vocab, vocab * 16)  # one chunk of logits, or the LM head weight
+    assert recorder.largest <= max(
+        chunk * vocab, vocab * 16
+    )  # one chunk of logits, or the LM head weight
 
     recorder = LargestTensor()
     with recorder:
-        completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"], path="logits")
+        completion_logps(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["completion_start"],
+            batch["completion_mask"],
+            path="logits",
+        )
     assert recorder.largest >= rows * length * vocab  # the plain path does materialise the logits

@@ -33,12 +33,19 @@ def test_ipo_loss_hand_computed():
 
 
 def test_simpo_loss_hand_computed():
-    out = losses.simpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma_beta_ratio=0.5)
+    out = losses.simpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma_beta_ratio=0.5
+    )
     assert out.item() == pytest.approx(-logsig(2.0 * 1.0 - 1.0), rel=1e-6)
 
 
 def test_tdpo_variants_hand_computed():
-    u_c, u_r, kl_c, kl_r = torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([0.2]), torch.tensor([0.6])
+    u_c, u_r, kl_c, kl_r = (
+        torch.tensor([1.0]),
+        torch.tensor([0.5]),
+        torch.tensor([0.2]),
+        torch.tensor([0.6]),
+    )
     tdpo1 = losses.tdpo_loss(u_c, u_r, kl_c, kl_r, beta=0.1, variant=1)
     tdpo2 = losses.tdpo_loss(u_c, u_r, kl_c, kl_r, beta=0.1, alpha=0.5, variant=2)
     assert tdpo1.item() == pytest.approx(-logsig(0.1 * (0.5 - 0.4)), rel=1e-6)
@@ -48,7 +55,9 @@ def test_tdpo_variants_hand_computed():
 def test_tdpo2_detaches_chosen_kl():
     kl_c = torch.tensor([0.2], requires_grad=True)
     kl_r = torch.tensor([0.6], requires_grad=True)
-    losses.tdpo_loss(torch.tensor([1.0]), torch.tensor([0.5]), kl_c, kl_r, beta=0.1, variant=2).sum().backward()
+    losses.tdpo_loss(
+        torch.tensor([1.0]), torch.tensor([0.5]), kl_c, kl_r, beta=0.1, variant=2
+    ).sum().backward()
     assert kl_c.grad is None or kl_c.grad.item() == 0.0
     assert kl_r.grad.item() > 0  # the loss grows with the rejected response's KL
 
@@ -83,7 +92,18 @@ def test_tisdpo_kl_term_sign_and_direction():
     w_c, w_r = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 1.0]])
     kl_c = torch.tensor([[0.1, 0.3]], requires_grad=True)
     kl_r = torch.tensor([[0.2, 0.4]], requires_grad=True)
-    out = losses.tisdpo_loss(d, torch.zeros(1, 2), w_c, w_r, mask, mask, beta=0.5, kl_coef=2.0, chosen_token_kl=kl_c, rejected_token_kl=kl_r)
+    out = losses.tisdpo_loss(
+        d,
+        torch.zeros(1, 2),
+        w_c,
+        w_r,
+        mask,
+        mask,
+        beta=0.5,
+        kl_coef=2.0,
+        chosen_token_kl=kl_c,
+        rejected_token_kl=kl_r,
+    )
     u = 1.0 * 0.4 + 2.0 * 0.2
     eta = 2.0 * 0.5 * ((0.5 * 0.2 + 1.0 * 0.4) - (1.0 * 0.1 + 2.0 * 0.3))
     assert out.item() == pytest.approx(-logsig(0.5 * u - eta), rel=1e-6)

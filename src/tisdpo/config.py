@@ -104,7 +104,10 @@ class DataArguments:
             "help": "Template for plain-text prompts, e.g. '\\n\\nHuman: {prompt}\\n\\nAssistant:'."
         },
     )
-    skip_empty_responses: bool = field(default=False, metadata={"help": "Drop pairs with an empty response instead of stopping with an error."})
+    skip_empty_responses: bool = field(
+        default=False,
+        metadata={"help": "Drop pairs with an empty response instead of stopping with an error."},
+    )
     drop_identical_pairs: bool = field(
         default=False,
         metadata={

@@ -63,8 +63,10 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, revision=revision
         )
-    except (OSError, ValueError) as err:
-        raise UserError(f"could not load the tokenizer: {err}", source=name_or_path) from None
+    except Exception as err:  # transformers raises many kinds for a broken or missing tokenizer
+        raise UserError(
+            f"could not load the tokenizer: {type(err).__name__}: {err}", source=name_or_path
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -101,8 +103,10 @@ def load_causal_lm(
                 name_or_path, is_trainable=False, **kwargs
             ).merge_and_unload()
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise UserError(f"could not load the model: {err}", source=name_or_path) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(
+            f"could not load the model: {type(err).__name__}: {err}", source=name_or_path
+        ) from None
 
 
 def model_fingerprint_parts(name_or_path: str, model: Any) -> dict[str, Any]:

@@ -39,7 +39,11 @@ def load_pairs(
     if data_args.drop_identical_pairs:
         kept = [row for row in rows if row["chosen"] != row["rejected"]]
         if len(kept) < len(rows):
-            logger.warning("%s: dropped %d pair(s) with chosen identical to rejected", name, len(rows) - len(kept))
+            logger.warning(
+                "%s: dropped %d pair(s) with chosen identical to rejected",
+                name,
+                len(rows) - len(kept),
+            )
         rows = kept
     prepared = prepare_pairs(rows, records, pair_tokenizer, need_weights=need_weights)
     logger.info(

@@ -172,7 +172,9 @@ def _check_text(value: Any, field: str, source: str, where: str, allow_empty: bo
     if not allow_empty and not value.strip():
         raise EmptyResponseError(
             "is empty or whitespace only (fix the row, or pass --skip_empty_responses to drop such pairs)",
-            source=source, location=where, field=field,
+            source=source,
+            location=where,
+            field=field,
         )
     return value
 
@@ -329,7 +331,10 @@ def load_preference_rows(
         )
     if not records.rows:
         raise UserError("the dataset has no rows", source=name_or_path)
-    rows = [{**row, "source_index": index} for index, row in iter_normalized(records, options or FormatOptions(), skip_empty_responses)]
+    rows = [
+        {**row, "source_index": index}
+        for index, row in iter_normalized(records, options or FormatOptions(), skip_empty_responses)
+    ]
     identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
     if identical:
         logger.warning(
