@@ -99,7 +99,7 @@ def test_dpo_training_moves_heldout_margins_up(tiny_model_dir, toy_data_files, t
 def unit_weight_file(tiny_model_dir: str, train_file: str, path: Path) -> str:
     tokenizer = load_tokenizer(tiny_model_dir)
     pair_tokenizer = PairTokenizer(tokenizer, max_length=64)
-    rows = [json.loads(line) for line in open(train_file)]
+    rows = [json.loads(line) for line in Path(train_file).read_text().splitlines()]
     for row in rows:
         pair = pair_tokenizer.tokenize(row)
         row["chosen_token_ids"], row["rejected_token_ids"] = (

@@ -19,10 +19,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from tisdpo.data.collate import PreferenceCollator
-from tisdpo.logprobs import completion_logps
+from tisdpo.scoring import score_sequences
 from tisdpo.utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -53,13 +51,6 @@ def reference_fingerprint(model_parts: dict[str, Any], dataset: Any, logprob_pat
     return digest.hexdigest()[:24]
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), to waste little on padding."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
 def score_reference(
     model: torch.nn.Module,
     dataset: Any,
@@ -73,43 +64,21 @@ def score_reference(
 ) -> dict[int, tuple[list[float], list[float]]]:
     """Per-token reference log-probs of both completions for the rows ``indices`` of ``dataset``."""
     indices = list(range(len(dataset))) if indices is None else indices
-    collator = PreferenceCollator(pad_token_id)
     rows = dataset.select(indices)
-    lengths = [
-        len(p) + max(len(c), len(r))
-        for p, c, r in zip(
-            rows["prompt_input_ids"], rows["chosen_input_ids"], rows["rejected_input_ids"]
-        )
-    ]
-    was_training = model.training
-    model.eval()
-    results: dict[int, tuple[list[float], list[float]]] = {}
-    try:
-        with reference_context():
-            for batch_rows in tqdm(
-                length_sorted_batches(lengths, batch_size),
-                desc="reference log-probs",
-                disable=len(lengths) < 2 * batch_size,
-            ):
-                features = [rows[i] for i in batch_rows]
-                batch = {k: v.to(device) for k, v in collator(features).items()}
-                out = completion_logps(
-                    model,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    batch["completion_start"],
-                    batch["completion_mask"],
-                    logprob_path,
-                    chunk_size,
-                )
-                count = len(features)
-                for k, i in enumerate(batch_rows):
-                    chosen = out.logps[k][out.mask[k]].tolist()
-                    rejected = out.logps[count + k][out.mask[count + k]].tolist()
-                    results[indices[i]] = (chosen, rejected)
-    finally:
-        model.train(was_training)
-    return results
+    sequences = [(p, c) for p, c in zip(rows["prompt_input_ids"], rows["chosen_input_ids"])]
+    sequences += [(p, r) for p, r in zip(rows["prompt_input_ids"], rows["rejected_input_ids"])]
+    logps = score_sequences(
+        model,
+        sequences,
+        pad_token_id,
+        batch_size,
+        device,
+        logprob_path,
+        chunk_size,
+        reference_context,
+        desc="reference log-probs",
+    )
+    return {index: (logps[k], logps[len(indices) + k]) for k, index in enumerate(indices)}
 
 
 def save_cache(path: str, logps: list[tuple[list[float], list[float]]]) -> None:
