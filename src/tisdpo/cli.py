@@ -14,6 +14,10 @@ SUBCOMMANDS = {
         "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)",
     ),
     "evaluate": ("tisdpo.commands.evaluate", "preference metrics of a model against a reference"),
+    "weights": (
+        "tisdpo.commands.weights",
+        "token rewards from a contrastive pair (P, S, D) and their weights",
+    ),
 }
 
 USAGE = (

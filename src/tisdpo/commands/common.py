@@ -8,10 +8,11 @@ from typing import Any
 from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig
 from tisdpo.data.formats import FormatOptions, load_preference_rows
 from tisdpo.data.prepare import prepare_pairs
-from tisdpo.data.tokenize import PairTokenizer
+from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.modeling import load_causal_lm, load_tokenizer, model_fingerprint_parts
 from tisdpo.reference import add_reference_logps
+from tisdpo.weights.io import check_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def load_pairs(
     max_samples: int | None,
 ) -> Any:
     """Read, normalize and tokenize a preference dataset into the training table (a datasets.Dataset)."""
+    check_tokenizer(name, tokenizer_fingerprint(pair_tokenizer.tokenizer))
     records, rows = load_preference_rows(
         name, split, format_options(data_args), max_samples, data_args.skip_empty_responses
     )
