@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tisdpo import __version__
@@ -404,7 +405,7 @@ def score_in_parts(
     stamp = os.path.join(parts_dir, "fingerprint")
     if state.is_main_process:
         if os.path.isdir(parts_dir) and (
-            not os.path.exists(stamp) or open(stamp).read() != fingerprint
+            not os.path.exists(stamp) or Path(stamp).read_text() != fingerprint
         ):
             logger.info("discarding parts of an earlier run with other inputs in %s", parts_dir)
             shutil.rmtree(parts_dir)
