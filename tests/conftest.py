@@ -23,12 +23,8 @@ def toy_pairs(count: int, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for index in range(count):
         prompt = f"\n\nHuman: tell me about {rng.choice(NEUTRAL_WORDS)} {index}\n\nAssistant:"
-        chosen = " " + " ".join(
-            rng.choice(GOOD_WORDS + NEUTRAL_WORDS[:2]) for _ in range(rng.randint(3, 7))
-        )
-        rejected = " " + " ".join(
-            rng.choice(BAD_WORDS + NEUTRAL_WORDS[:2]) for _ in range(rng.randint(3, 7))
-        )
+        chosen = " " + " ".join(rng.choice(GOOD_WORDS + NEUTRAL_WORDS[:2]) for _ in range(rng.randint(3, 7)))
+        rejected = " " + " ".join(rng.choice(BAD_WORDS + NEUTRAL_WORDS[:2]) for _ in range(rng.randint(3, 7)))
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
 
@@ -46,12 +42,8 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-llama")
-    texts = [r["prompt"] + r["chosen"] for r in toy_pairs(200)] + [
-        r["prompt"] + r["rejected"] for r in toy_pairs(200)
-    ]
-    texts += [
-        "Human: Assistant: user assistant system hello how are you I am fine thank you what why"
-    ] * 5
+    texts = [r["prompt"] + r["chosen"] for r in toy_pairs(200)] + [r["prompt"] + r["rejected"] for r in toy_pairs(200)]
+    texts += ["Human: Assistant: user assistant system hello how are you I am fine thank you what why"] * 5
     tokenizer = train_tokenizer(texts, str(path), kind="bpe", vocab_size=400)
     build_tiny_llama(
         tokenizer,

@@ -149,14 +149,8 @@ def test_plain_text_gets_bos_prompt_and_eos_completion(tokenizer):
         {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " safe kind", "rejected": " rude"}
     )
     assert pair.prompt_ids[0] == tokenizer.bos_token_id
-    assert (
-        pair.chosen_ids[-1] == tokenizer.eos_token_id
-        and pair.rejected_ids[-1] == tokenizer.eos_token_id
-    )
-    assert (
-        tokenizer.decode(pair.prompt_ids + pair.chosen_ids)
-        == "<s>\n\nHuman: hi\n\nAssistant: safe kind</s>"
-    )
+    assert pair.chosen_ids[-1] == tokenizer.eos_token_id and pair.rejected_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(pair.prompt_ids + pair.chosen_ids) == "<s>\n\nHuman: hi\n\nAssistant: safe kind</s>"
     # completion ids do not depend on the prompt: the same response under another prompt encodes alike
     other = PairTokenizer(tokenizer).tokenize(
         {"prompt": "something else entirely", "chosen": " safe kind", "rejected": " rude"}
@@ -176,9 +170,7 @@ def test_chat_template_seam(tokenizer):
     pair = pair_tokenizer.tokenize(row)
     full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
     assert tokenizer.decode(pair.prompt_ids + pair.chosen_ids) == full
-    assert (
-        pair.prompt_ids.count(tokenizer.bos_token_id) == 1
-    )  # the template's BOS, not a second one
+    assert pair.prompt_ids.count(tokenizer.bos_token_id) == 1  # the template's BOS, not a second one
 
 
 def test_truncation_keeps_prompt_end_and_completion_start(tokenizer):
@@ -201,21 +193,15 @@ def test_pair_without_room_for_completion_is_dropped_and_counted(tokenizer, capl
         {"prompt": "hi", "chosen": " a", "rejected": " b"},
     ]
     records = RawRecords(rows, "x.jsonl", ["line 1", "line 2"])
-    prepared = prepare_pairs(
-        rows, records, PairTokenizer(tokenizer, max_length=5, max_prompt_length=None)
-    )
+    prepared = prepare_pairs(rows, records, PairTokenizer(tokenizer, max_length=5, max_prompt_length=None))
     assert prepared.dropped_indices == [0] and prepared.columns["index"] == [1]
     assert "dropped 1 of 2" in caplog.text
     with pytest.raises(UserError, match="no pair left after truncation"):
-        prepare_pairs(
-            rows[:1], records, PairTokenizer(tokenizer, max_length=5, max_prompt_length=None)
-        )
+        prepare_pairs(rows[:1], records, PairTokenizer(tokenizer, max_length=5, max_prompt_length=None))
 
 
 def weighted_row(tokenizer, **overrides):
-    pair = PairTokenizer(tokenizer).tokenize(
-        {"prompt": "q", "chosen": " safe kind", "rejected": " rude"}
-    )
+    pair = PairTokenizer(tokenizer).tokenize({"prompt": "q", "chosen": " safe kind", "rejected": " rude"})
     row = {
         "prompt": "q",
         "chosen": " safe kind",
@@ -240,9 +226,7 @@ def prepare_one(tokenizer, row, **kwargs):
 
 def test_weights_are_kept_per_completion_token(tokenizer):
     prepared = prepare_one(tokenizer, weighted_row(tokenizer))
-    assert prepared.columns["chosen_weights"][0] == [1.0] * len(
-        prepared.columns["chosen_input_ids"][0]
-    )
+    assert prepared.columns["chosen_weights"][0] == [1.0] * len(prepared.columns["chosen_input_ids"][0])
 
 
 @pytest.mark.parametrize(
@@ -263,9 +247,7 @@ def test_weights_are_kept_per_completion_token(tokenizer):
 def test_weight_and_id_errors_name_the_example(tokenizer, change, message):
     row = weighted_row(tokenizer, **change)
     if change.get("rejected_weights") == [float("nan")] * 2:
-        row["rejected_weights"] = [float("nan")] * len(
-            PairTokenizer(tokenizer).tokenize(row).rejected_ids
-        )
+        row["rejected_weights"] = [float("nan")] * len(PairTokenizer(tokenizer).tokenize(row).rejected_ids)
     with pytest.raises(UserError) as err:
         prepare_one(tokenizer, row)
     assert message in err.value.format()
@@ -276,12 +258,7 @@ def test_negative_weights_refused_for_tisdpo(tokenizer):
     row["chosen_weights"] = [-1.0] * len(row["chosen_weights"])
     with pytest.raises(UserError, match="negative"):
         prepare_one(tokenizer, row)
-    assert (
-        prepare_one(tokenizer, row, require_nonnegative_weights=False).columns["chosen_weights"][0][
-            0
-        ]
-        == -1.0
-    )
+    assert prepare_one(tokenizer, row, require_nonnegative_weights=False).columns["chosen_weights"][0][0] == -1.0
 
 
 def test_weights_for_full_completion_are_truncated_with_it(tokenizer):
@@ -317,18 +294,13 @@ def test_real_hh_dialogues_split_and_tokenize_at_the_seam(tokenizer):
         match=r"line 87 field 'chosen': is empty or whitespace only .*--skip_empty_responses",
     ):
         load_preference_rows(str(HH_TEST_FILE), max_samples=200)
-    records, rows = load_preference_rows(
-        str(HH_TEST_FILE), max_samples=200, skip_empty_responses=True
-    )
+    records, rows = load_preference_rows(str(HH_TEST_FILE), max_samples=200, skip_empty_responses=True)
     assert len(rows) == 199  # line 87's chosen response is empty in the published data
     pair_tokenizer = PairTokenizer(tokenizer, max_length=None, max_prompt_length=None)
     raws = [raw for raw in records.rows if raw["chosen"] != records.rows[86]["chosen"]]
     for raw, row in zip(raws, rows):
         assert row["prompt"].endswith("\n\nAssistant:")
-        assert (
-            row["prompt"] + row["chosen"] == raw["chosen"]
-            and row["prompt"] + row["rejected"] == raw["rejected"]
-        )
+        assert row["prompt"] + row["chosen"] == raw["chosen"] and row["prompt"] + row["rejected"] == raw["rejected"]
         pair = pair_tokenizer.tokenize(row)
         text = tokenizer.decode(pair.prompt_ids + pair.chosen_ids)
         assert text == "<s>" + raw["chosen"] + "</s>"

@@ -189,9 +189,7 @@ def test_both_prompt_kinds_and_many_prompts(pairs: list[dict]) -> None:
 
 def test_flip_rate_matches_bradley_terry(pairs: list[dict]) -> None:
     flipped = np.array([r["label_flipped"] for r in pairs], dtype=float)
-    margins = np.array(
-        [sum(r["chosen_true_rewards"]) - sum(r["rejected_true_rewards"]) for r in pairs]
-    )
+    margins = np.array([sum(r["chosen_true_rewards"]) - sum(r["rejected_true_rewards"]) for r in pairs])
     assert 0.05 < flipped.mean() < 0.40
     # Flips are exactly the pairs whose chosen response has the lower true reward ...
     assert np.array_equal(flipped.astype(bool), margins < 0)

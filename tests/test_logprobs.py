@@ -146,9 +146,7 @@ def test_chunked_path_never_allocates_batch_by_length_by_vocab():
         )
         out.logps.sum().backward()
     assert recorder.largest < length * vocab / 2  # far below a single row's T x V logits
-    assert recorder.largest <= max(
-        chunk * vocab, vocab * 16
-    )  # one chunk of logits, or the LM head weight
+    assert recorder.largest <= max(chunk * vocab, vocab * 16)  # one chunk of logits, or the LM head weight
 
     recorder = LargestTensor()
     with recorder:

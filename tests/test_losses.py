@@ -33,9 +33,7 @@ def test_ipo_loss_hand_computed():
 
 
 def test_simpo_loss_hand_computed():
-    out = losses.simpo_loss(
-        torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma_beta_ratio=0.5
-    )
+    out = losses.simpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma_beta_ratio=0.5)
     assert out.item() == pytest.approx(-logsig(2.0 * 1.0 - 1.0), rel=1e-6)
 
 
@@ -55,9 +53,7 @@ def test_tdpo_variants_hand_computed():
 def test_tdpo2_detaches_chosen_kl():
     kl_c = torch.tensor([0.2], requires_grad=True)
     kl_r = torch.tensor([0.6], requires_grad=True)
-    losses.tdpo_loss(
-        torch.tensor([1.0]), torch.tensor([0.5]), kl_c, kl_r, beta=0.1, variant=2
-    ).sum().backward()
+    losses.tdpo_loss(torch.tensor([1.0]), torch.tensor([0.5]), kl_c, kl_r, beta=0.1, variant=2).sum().backward()
     assert kl_c.grad is None or kl_c.grad.item() == 0.0
     assert kl_r.grad.item() > 0  # the loss grows with the rejected response's KL
 

@@ -180,9 +180,7 @@ def test_tisdpo_without_weights_is_a_clear_error(tiny_model_dir, toy_data_files,
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "cdpo", "simpo", "tdpo2"])
-def test_other_objectives_train_and_improve_accuracy(
-    loss_type, tiny_model_dir, toy_data_files, tmp_path
-):
+def test_other_objectives_train_and_improve_accuracy(loss_type, tiny_model_dir, toy_data_files, tmp_path):
     train_file, eval_file = toy_data_files
     out = tmp_path / loss_type
     lr = "1e-2" if loss_type == "simpo" else "3e-3"
@@ -237,17 +235,11 @@ def test_sft_lowers_nll_of_chosen_responses(tiny_model_dir, toy_data_files, tmp_
         )
         == 0
     )
-    history = [
-        e
-        for e in json.loads((out / "trainer_state.json").read_text())["log_history"]
-        if "loss" in e
-    ]
+    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert float(history[-1]["loss"]) < float(history[0]["loss"]) - 0.5
 
 
-def test_yaml_config_with_flag_override_and_unknown_keys(
-    tiny_model_dir, toy_data_files, tmp_path, capsys
-):
+def test_yaml_config_with_flag_override_and_unknown_keys(tiny_model_dir, toy_data_files, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"model_name_or_path: {tiny_model_dir}\ndataset_name: {toy_data_files[0]}\nloss_type: dpo\nmax_steps: 2\nbeta: 0.5\nsave_strategy: 'no'\nmax_length: 64\n"
@@ -277,9 +269,7 @@ def test_yaml_config_with_flag_override_and_unknown_keys(
         )
         == 1
     )
-    assert (
-        "unknown flag '--lerning_rate' (did you mean 'learning_rate'?)" in capsys.readouterr().err
-    )
+    assert "unknown flag '--lerning_rate' (did you mean 'learning_rate'?)" in capsys.readouterr().err
 
 
 def test_missing_or_incomplete_model_folder(tmp_path, toy_data_files, capsys):
@@ -296,8 +286,7 @@ def test_missing_or_incomplete_model_folder(tmp_path, toy_data_files, capsys):
         == 1
     )
     assert (
-        "nothing: tokenizer folder not found (expected a save_pretrained folder or a hub id)"
-        in capsys.readouterr().err
+        "nothing: tokenizer folder not found (expected a save_pretrained folder or a hub id)" in capsys.readouterr().err
     )
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")

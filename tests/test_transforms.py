@@ -54,9 +54,7 @@ def test_exp_chosen_side_uses_plus_mu():
 
 def test_exp_rejected_side_flips_the_sign():
     rewards = [0.0, 0.5, -0.5, math.log(1.5)]
-    assert_weights(
-        weights("exp", rewards, "rejected"), [1.0, math.exp(-0.5), math.exp(0.5), 1 / 1.5]
-    )
+    assert_weights(weights("exp", rewards, "rejected"), [1.0, math.exp(-0.5), math.exp(0.5), 1 / 1.5])
 
 
 def test_exp_clamps_at_both_ends_without_overflow_warnings():
@@ -97,13 +95,9 @@ def test_threshold_and_scale_maps_clipped_score_onto_range():
     # T = 1.5: -1.5 -> 0.7, 0 -> 1.0, 1.5 -> 1.3, slope 0.6 / 3 = 0.2 per unit of score.
     rewards = [-3.0, -1.5, 0.0, 0.75, 1.5, 10.0]
     assert_weights(weights("threshold_and_scale", rewards), [0.7, 0.7, 1.0, 1.15, 1.3, 1.3])
+    assert_weights(weights("threshold_and_scale", rewards, "rejected"), [1.3, 1.3, 1.0, 0.85, 0.7, 0.7])
     assert_weights(
-        weights("threshold_and_scale", rewards, "rejected"), [1.3, 1.3, 1.0, 0.85, 0.7, 0.7]
-    )
-    assert_weights(
-        weights(
-            "threshold_and_scale", [-1.0, 0.5], scale_threshold=1.0, rank_min=0.0, rank_max=2.0
-        ),
+        weights("threshold_and_scale", [-1.0, 0.5], scale_threshold=1.0, rank_min=0.0, rank_max=2.0),
         [0.0, 1.5],
     )
 
@@ -185,9 +179,7 @@ def test_random_is_deterministic_in_range_and_ignores_values():
     assert np.unique(a).size > 40
     other_side = transform_rewards([0.0] * 50, "rejected", config, example_index=7)
     other_example = transform_rewards([0.0] * 50, "chosen", config, example_index=8)
-    other_seed = transform_rewards(
-        [0.0] * 50, "chosen", WeightTransformConfig(name="random", seed=4), example_index=7
-    )
+    other_seed = transform_rewards([0.0] * 50, "chosen", WeightTransformConfig(name="random", seed=4), example_index=7)
     for different in (other_side, other_example, other_seed):
         assert not np.array_equal(a, different)
 

@@ -39,18 +39,12 @@ def naive_logps(model_dir: str, context_text: str, response: str) -> tuple[list[
     """Independent computation: tokenize by hand, one full forward, full log-softmax, pick each label."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    context = [tokenizer.bos_token_id] + tokenizer(context_text, add_special_tokens=False)[
-        "input_ids"
-    ]
-    completion = tokenizer(response, add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
+    context = [tokenizer.bos_token_id] + tokenizer(context_text, add_special_tokens=False)["input_ids"]
+    completion = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     with torch.no_grad():
         logits = model(torch.tensor([context + completion])).logits[0]
     logp = torch.log_softmax(logits.double(), -1)
-    return completion, [
-        float(logp[len(context) + j - 1, token]) for j, token in enumerate(completion)
-    ]
+    return completion, [float(logp[len(context) + j - 1, token]) for j, token in enumerate(completion)]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +80,10 @@ def test_prompt_based_rewards_match_independent_computation(tiny_model_dir, smal
     for row, original in zip(rows, source):
         assert {k: row[k] for k in original} == original  # every input field kept
         for side in ("chosen", "rejected"):
-            ids, pos = naive_logps(
-                tiny_model_dir, PRESETS["harmless"] + original["prompt"], original[side]
-            )
-            _, neg = naive_logps(
-                tiny_model_dir, PRESETS["harmful"] + original["prompt"], original[side]
-            )
+            ids, pos = naive_logps(tiny_model_dir, PRESETS["harmless"] + original["prompt"], original[side])
+            _, neg = naive_logps(tiny_model_dir, PRESETS["harmful"] + original["prompt"], original[side])
             assert row[f"{side}_token_ids"] == ids
-            assert row[f"{side}_token_rewards"] == pytest.approx(
-                [a - b for a, b in zip(pos, neg)], abs=2e-5
-            )
+            assert row[f"{side}_token_rewards"] == pytest.approx([a - b for a, b in zip(pos, neg)], abs=2e-5)
             expected = transform_pair(
                 row["chosen_token_rewards"],
                 row["rejected_token_rewards"],
@@ -134,12 +122,8 @@ def test_custom_template_prompt(tiny_model_dir, small_data, tmp_path):
         == 0
     )
     row = read_jsonl(out)[0]
-    _, pos = naive_logps(
-        tiny_model_dir, template_pos.replace("{prompt}", row["prompt"]), row["chosen"]
-    )
-    _, neg = naive_logps(
-        tiny_model_dir, template_neg.replace("{prompt}", row["prompt"]), row["chosen"]
-    )
+    _, pos = naive_logps(tiny_model_dir, template_pos.replace("{prompt}", row["prompt"]), row["chosen"])
+    _, neg = naive_logps(tiny_model_dir, template_neg.replace("{prompt}", row["prompt"]), row["chosen"])
     assert row["chosen_token_rewards"] == pytest.approx([a - b for a, b in zip(pos, neg)], abs=2e-5)
 
 
@@ -196,9 +180,7 @@ def test_two_model_sources_end_to_end(method, tiny_model_dir, toy_data_files, sm
         for side in ("chosen", "rejected"):
             _, pos = naive_logps(positive, row["prompt"], row[side])
             _, neg = naive_logps(negative, row["prompt"], row[side])
-            assert row[f"{side}_token_rewards"] == pytest.approx(
-                [a - b for a, b in zip(pos, neg)], abs=2e-5
-            )
+            assert row[f"{side}_token_rewards"] == pytest.approx([a - b for a, b in zip(pos, neg)], abs=2e-5)
     # the contrastive pair separates the sides: chosen tokens score higher on average
     mean = lambda key: sum(sum(r[key]) for r in rows) / sum(len(r[key]) for r in rows)  # noqa: E731
     assert mean("chosen_token_rewards") > mean("rejected_token_rewards")
@@ -261,9 +243,7 @@ def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_dat
     config = WeightTransformConfig(name="binary", binary_top_fraction=0.25)
     for index, (a, b) in enumerate(zip(read_jsonl(first), read_jsonl(second))):
         assert a["chosen_token_rewards"] == b["chosen_token_rewards"]
-        chosen, rejected = transform_pair(
-            a["chosen_token_rewards"], a["rejected_token_rewards"], config, index
-        )
+        chosen, rejected = transform_pair(a["chosen_token_rewards"], a["rejected_token_rewards"], config, index)
         assert b["chosen_weights"] == chosen.tolist() and b["rejected_weights"] == rejected.tolist()
     meta = json.loads(Path(str(second) + ".meta.json").read_text())
     assert (
@@ -273,9 +253,7 @@ def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_dat
     )
 
 
-def test_interrupted_scoring_resumes_to_the_same_output(
-    tiny_model_dir, small_data, tmp_path, monkeypatch
-):
+def test_interrupted_scoring_resumes_to_the_same_output(tiny_model_dir, small_data, tmp_path, monkeypatch):
     args = [
         "weights",
         "--model_name_or_path",
@@ -312,9 +290,7 @@ def test_interrupted_scoring_resumes_to_the_same_output(
     assert out.read_text() == reference.read_text()
 
 
-def test_weights_made_with_another_tokenizer_are_refused(
-    tiny_model_dir, small_data, tmp_path, capsys
-):
+def test_weights_made_with_another_tokenizer_are_refused(tiny_model_dir, small_data, tmp_path, capsys):
     from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
 
     other = tmp_path / "other-model"
@@ -324,9 +300,7 @@ def test_weights_made_with_another_tokenizer_are_refused(
         kind="bpe",
         vocab_size=300,
     )
-    build_tiny_llama(
-        tokenizer, str(other), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
-    )
+    build_tiny_llama(tokenizer, str(other), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     out = tmp_path / "w.jsonl"
     assert (
         run(
@@ -376,10 +350,7 @@ def test_weights_made_with_another_tokenizer_are_refused(
         )
         == 1
     )
-    assert (
-        "field 'chosen_token_ids': token ids differ from this tokenizer's completion ids"
-        in capsys.readouterr().err
-    )
+    assert "field 'chosen_token_ids': token ids differ from this tokenizer's completion ids" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -9,15 +9,10 @@ import sys
 from tisdpo.errors import UserError, did_you_mean
 
 SUBCOMMANDS = {
-    "train": (
-        "tisdpo.commands.train",
-        "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)",
-    ),
+    "train": ("tisdpo.commands.train", "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)"),
     "evaluate": ("tisdpo.commands.evaluate", "preference metrics of a model against a reference"),
-    "weights": (
-        "tisdpo.commands.weights",
-        "token rewards from a contrastive pair (P, S, D) and their weights",
-    ),
+    "weights": ("tisdpo.commands.weights", "token rewards from a contrastive pair (P, S, D) and their weights"),
+    "visualize": ("tisdpo.commands.visualize", "token heatmaps (HTML, PNG) and statistics of a weights file"),
 }
 
 USAGE = (

@@ -29,24 +29,18 @@ class ModelArguments:
     ref_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Reference model (default: the policy's starting weights)."}
     )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer (default: the policy's)."}
-    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: the policy's)."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto", metadata={"help": "Weights dtype; losses are always computed in fp32."}
     )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa, flash_attention_2 ..."}
-    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2 ..."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow model code from the hub to run. Off unless asked."}
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
     use_peft: bool = field(
         default=False,
-        metadata={
-            "help": "Train a LoRA adapter; the reference is the base model with the adapter disabled."
-        },
+        metadata={"help": "Train a LoRA adapter; the reference is the base model with the adapter disabled."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -60,29 +54,19 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(
         default=None,
-        metadata={
-            "help": "Local .json/.jsonl(.gz)/.parquet file, saved dataset folder, or hub dataset name."
-        },
+        metadata={"help": "Local .json/.jsonl(.gz)/.parquet file, saved dataset folder, or hub dataset name."},
     )
     dataset_split: str = field(default="train", metadata={"help": "Split of a hub dataset."})
     eval_dataset_name: str | None = field(
         default=None, metadata={"help": "Held-out pairs for evaluation (same formats)."}
     )
-    eval_dataset_split: str = field(
-        default="test", metadata={"help": "Split of a hub evaluation dataset."}
-    )
+    eval_dataset_split: str = field(default="test", metadata={"help": "Split of a hub evaluation dataset."})
     eval_fraction: float = field(
         default=0.0,
-        metadata={
-            "help": "Hold out this fraction of the training pairs for evaluation when no eval dataset is given."
-        },
+        metadata={"help": "Hold out this fraction of the training pairs for evaluation when no eval dataset is given."},
     )
-    max_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training rows."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N evaluation rows."}
-    )
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
     max_length: int | None = field(
         default=512,
         metadata={"help": "Maximum prompt + completion tokens; completions are cut at the end."},
@@ -100,9 +84,7 @@ class DataArguments:
     )
     prompt_template: str | None = field(
         default=None,
-        metadata={
-            "help": "Template for plain-text prompts, e.g. '\\n\\nHuman: {prompt}\\n\\nAssistant:'."
-        },
+        metadata={"help": "Template for plain-text prompts, e.g. '\\n\\nHuman: {prompt}\\n\\nAssistant:'."},
     )
     skip_empty_responses: bool = field(
         default=False,
@@ -110,9 +92,7 @@ class DataArguments:
     )
     drop_identical_pairs: bool = field(
         default=False,
-        metadata={
-            "help": "Drop pairs whose chosen and rejected are identical (always counted in the log)."
-        },
+        metadata={"help": "Drop pairs whose chosen and rejected are identical (always counted in the log)."},
     )
 
 
@@ -120,26 +100,16 @@ class DataArguments:
 class TisdpoConfig(TrainingArguments):
     """Training arguments of transformers plus the preference objective's own."""
 
-    loss_type: Literal[LOSS_TYPES] = field(
-        default="dpo", metadata={"help": "Objective: " + ", ".join(LOSS_TYPES)}
-    )  # type: ignore[valid-type]
-    beta: float = field(
-        default=0.1, metadata={"help": "DPO temperature beta (SimPO's beta for simpo)."}
-    )
+    loss_type: Literal[LOSS_TYPES] = field(default="dpo", metadata={"help": "Objective: " + ", ".join(LOSS_TYPES)})  # type: ignore[valid-type]
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (SimPO's beta for simpo)."})
     label_smoothing: float | None = field(
         default=None, metadata={"help": "cDPO label noise eps (default 0.1 for cdpo, 0 otherwise)."}
     )
-    tdpo_alpha: float = field(
-        default=0.5, metadata={"help": "TDPO2's alpha on the sequential KL term."}
-    )
-    simpo_gamma_beta_ratio: float = field(
-        default=0.5, metadata={"help": "SimPO margin gamma / beta."}
-    )
+    tdpo_alpha: float = field(default=0.5, metadata={"help": "TDPO2's alpha on the sequential KL term."})
+    simpo_gamma_beta_ratio: float = field(default=0.5, metadata={"help": "SimPO margin gamma / beta."})
     tisdpo_kl_coef: float = field(
         default=0.0,
-        metadata={
-            "help": "Coefficient of TIS-DPO's weighted sequential-KL term (0 = off, the default)."
-        },
+        metadata={"help": "Coefficient of TIS-DPO's weighted sequential-KL term (0 = off, the default)."},
     )
     precompute_ref_log_probs: bool = field(
         default=True,
@@ -149,9 +119,7 @@ class TisdpoConfig(TrainingArguments):
     )
     ref_logps_cache_dir: str | None = field(
         default=None,
-        metadata={
-            "help": "Where precomputed reference log-probs are cached (default ~/.cache/tisdpo)."
-        },
+        metadata={"help": "Where precomputed reference log-probs are cached (default ~/.cache/tisdpo)."},
     )
     logprob_path: Literal["chunked", "logits"] = field(
         default="chunked",
@@ -159,15 +127,11 @@ class TisdpoConfig(TrainingArguments):
             "help": "chunked: LM head on completion positions in chunks, no full logits; logits: the model's own forward."
         },
     )
-    lm_head_chunk_size: int = field(
-        default=1024, metadata={"help": "Tokens per LM-head chunk on the chunked path."}
-    )
+    lm_head_chunk_size: int = field(default=1024, metadata={"help": "Tokens per LM-head chunk on the chunked path."})
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
     )
-    auto_resume: bool = field(
-        default=True, metadata={"help": "Resume from the last checkpoint found in output_dir."}
-    )
+    auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint found in output_dir."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log metrics every N steps."})
     remove_unused_columns: bool = field(
@@ -181,9 +145,7 @@ class TisdpoConfig(TrainingArguments):
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
         if self.loss_type in ("tdpo1", "tdpo2") or self.tisdpo_kl_coef:
-            self.precompute_ref_log_probs = (
-                False  # the KL terms need the full reference distribution
-            )
+            self.precompute_ref_log_probs = False  # the KL terms need the full reference distribution
         super().__post_init__()
 
     @property
@@ -196,9 +158,7 @@ class TisdpoConfig(TrainingArguments):
 
     @property
     def needs_token_kl(self) -> bool:
-        return self.loss_type in ("tdpo1", "tdpo2") or (
-            self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef)
-        )
+        return self.loss_type in ("tdpo1", "tdpo2") or (self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef))
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:
@@ -218,9 +178,7 @@ def load_yaml_config(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(
-            f"expected a mapping of field names to values, got {type(data).__name__}", source=path
-        )
+        raise UserError(f"expected a mapping of field names to values, got {type(data).__name__}", source=path)
     return data
 
 
@@ -260,9 +218,7 @@ def parse_config(types: Sequence[type], argv: list[str], prog: str = "tisdpo") -
         check_keys(list(values), types, config_path)
         parser.set_defaults(**values)
     try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(
-            args=argv, return_remaining_strings=True
-        )
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as err:
         raise UserError(str(err)) from None
     if remaining:

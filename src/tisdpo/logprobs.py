@@ -28,9 +28,7 @@ class ChunkedLinearLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int
-    ):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int):
         count = hidden.shape[0]
         logps = torch.empty(count, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(count, dtype=torch.float32, device=hidden.device)
@@ -39,9 +37,7 @@ class ChunkedLinearLogProb(torch.autograd.Function):
             stop = min(start + chunk_size, count)
             logits = (hidden[start:stop] @ weight.t()).float()
             lse[start:stop] = torch.logsumexp(logits, dim=-1)
-            logps[start:stop] = (
-                logits.gather(-1, labels[start:stop, None]).squeeze(-1) - lse[start:stop]
-            )
+            logps[start:stop] = logits.gather(-1, labels[start:stop, None]).squeeze(-1) - lse[start:stop]
             mean_logits[start:stop] = logits.mean(-1)
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.chunk_size = chunk_size
@@ -53,9 +49,7 @@ class ChunkedLinearLogProb(torch.autograd.Function):
         hidden, weight, labels, lse = ctx.saved_tensors
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-            if ctx.needs_input_grad[1]
-            else None
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         )
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             stop = min(start + ctx.chunk_size, hidden.shape[0])
@@ -82,8 +76,7 @@ def gather_label_logps(
     for start in range(0, logits.shape[0], chunk_size):
         block = logits[start : start + chunk_size].float()
         logps.append(
-            block.gather(-1, labels[start : start + chunk_size, None]).squeeze(-1)
-            - torch.logsumexp(block, -1)
+            block.gather(-1, labels[start : start + chunk_size, None]).squeeze(-1) - torch.logsumexp(block, -1)
         )
         means.append(block.detach().mean(-1))
     return torch.cat(logps), torch.cat(means)
@@ -99,9 +92,7 @@ class CompletionLogps:
     logits: torch.Tensor | None = None  # (N, V) at completion positions, only when asked for
 
 
-def completion_positions(
-    completion_start: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_positions(completion_start: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, position) of the hidden state predicting each completion token, in mask order."""
     rows, cols = mask.nonzero(as_tuple=True)
     return rows, completion_start[rows] + cols - 1
@@ -159,12 +150,8 @@ def completion_logps(
     input_ids, attention_mask = input_ids[:, :used], attention_mask[:, :used]
     if path == "chunked" and not return_logits and head_is_plain_linear(model):
         with head_as_identity(model) as head:
-            hidden = model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits
-        token_logps, mean_logits = ChunkedLinearLogProb.apply(
-            hidden[rows, positions], head.weight, labels, chunk_size
-        )
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        token_logps, mean_logits = ChunkedLinearLogProb.apply(hidden[rows, positions], head.weight, labels, chunk_size)
         logits = None
     else:
         first = int(completion_start.min()) - 1

@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_sum(
-    values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_t w_t * v_t`` over the positions where ``mask`` is true (w = 1 when not given).
 
     DPO and TIS-DPO both go through here, so TIS-DPO with unit weights is DPO bit for bit.
@@ -43,9 +41,7 @@ def dpo_loss(
     return -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
-def ipo_loss(
-    chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float
-) -> torch.Tensor:
+def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
     """IPO loss ``(u - 1 / (2 beta))^2`` with u the difference of log-ratios.
 
     As in TRL, the trainer passes length-averaged log-ratios (mean_t d_t instead of sum_t d_t).

@@ -35,9 +35,7 @@ def looks_local(name_or_path: str) -> bool:
 def check_model_folder(path: str, what: str = "model") -> None:
     """A local model folder must exist and hold a config and weights; say which part is missing."""
     if not os.path.isdir(path):
-        raise UserError(
-            f"{what} folder not found (expected a save_pretrained folder or a hub id)", source=path
-        )
+        raise UserError(f"{what} folder not found (expected a save_pretrained folder or a hub id)", source=path)
     files = set(os.listdir(path))
     if "adapter_config.json" in files:
         return
@@ -52,21 +50,15 @@ def check_model_folder(path: str, what: str = "model") -> None:
         raise UserError(f"config.json is not valid JSON ({err.msg})", source=path) from None
 
 
-def load_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, revision: str | None = None
-) -> Any:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     if looks_local(name_or_path):
         check_model_folder(name_or_path, what="tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except Exception as err:  # transformers raises many kinds for a broken or missing tokenizer
-        raise UserError(
-            f"could not load the tokenizer: {type(err).__name__}: {err}", source=name_or_path
-        ) from None
+        raise UserError(f"could not load the tokenizer: {type(err).__name__}: {err}", source=name_or_path) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -104,9 +96,7 @@ def load_causal_lm(
             ).merge_and_unload()
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise UserError(
-            f"could not load the model: {type(err).__name__}: {err}", source=name_or_path
-        ) from None
+        raise UserError(f"could not load the model: {type(err).__name__}: {err}", source=name_or_path) from None
 
 
 def model_fingerprint_parts(name_or_path: str, model: Any) -> dict[str, Any]:
@@ -134,7 +124,5 @@ def wrap_with_lora(model: Any, r: int, alpha: int, dropout: float, target_module
         if target_modules == "all-linear"
         else [m.strip() for m in target_modules.split(",") if m.strip()]
     )
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
-    )
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)

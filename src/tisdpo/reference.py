@@ -129,9 +129,7 @@ def add_reference_logps(
 
     state = PartialState()
     cache_dir = cache_dir or default_cache_dir()
-    path = os.path.join(
-        cache_dir, reference_fingerprint(model_parts, dataset, logprob_path) + ".safetensors"
-    )
+    path = os.path.join(cache_dir, reference_fingerprint(model_parts, dataset, logprob_path) + ".safetensors")
     if os.path.exists(path):
         logger.info("reusing cached reference log-probs %s", path)
         logps = load_cache(path)

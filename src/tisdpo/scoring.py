@@ -19,9 +19,7 @@ from tisdpo.logprobs import completion_logps
 Sequences = Sequence[tuple[Sequence[int], Sequence[int]]]
 
 
-def length_sorted_batches(
-    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
-) -> list[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first).
 
     A batch holds at most ``batch_size`` sequences and, if ``max_tokens`` is set, at most that
@@ -32,9 +30,7 @@ def length_sorted_batches(
     current: list[int] = []
     for index in order:
         width = lengths[current[0]] if current else lengths[index]
-        if current and (
-            len(current) >= batch_size or (max_tokens and width * (len(current) + 1) > max_tokens)
-        ):
+        if current and (len(current) >= batch_size or (max_tokens and width * (len(current) + 1) > max_tokens)):
             batches.append(current)
             current = []
         current.append(index)
@@ -67,9 +63,7 @@ def score_sequences(
     try:
         with context():
             batches = length_sorted_batches(lengths, batch_size, max_tokens)
-            for batch_indices in tqdm(
-                batches, desc=desc, disable=not progress or len(batches) < 4, leave=False
-            ):
+            for batch_indices in tqdm(batches, desc=desc, disable=not progress or len(batches) < 4, leave=False):
                 features = [
                     {
                         "index": i,

@@ -34,9 +34,7 @@ class PreferenceTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         sides = ("chosen",) if args.loss_type == "sft" else ("chosen", "rejected")
-        kwargs.setdefault(
-            "data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides)
-        )
+        kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
         self.ref_model = None
@@ -48,17 +46,13 @@ class PreferenceTrainer(Trainer):
         }
 
     # -- metrics ----------------------------------------------------------------------------
-    def _record(
-        self, name: str, values: torch.Tensor, counts: torch.Tensor | float | None = None
-    ) -> None:
+    def _record(self, name: str, values: torch.Tensor, counts: torch.Tensor | float | None = None) -> None:
         """Accumulate a sum (and a count) so that logged metrics are exact means over pairs."""
         mode = "train" if self.model.training else "eval"
         entry = self._metric_sums[mode][name]
         entry[0] += float(values.detach().float().sum())
         entry[1] += float(
-            values.numel()
-            if counts is None
-            else (counts.sum() if isinstance(counts, torch.Tensor) else counts)
+            values.numel() if counts is None else (counts.sum() if isinstance(counts, torch.Tensor) else counts)
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -66,9 +60,7 @@ class PreferenceTrainer(Trainer):
         sums = self._metric_sums[mode]
         if sums:
             names = sorted(sums)
-            totals = torch.tensor(
-                [sums[n] for n in names], dtype=torch.float64, device=self.accelerator.device
-            )
+            totals = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=self.accelerator.device)
             totals = self.accelerator.reduce(totals, reduction="sum")
             prefix = "eval_" if mode == "eval" else ""
             for name, (total, count) in zip(names, totals.tolist()):
@@ -78,9 +70,7 @@ class PreferenceTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- the step ---------------------------------------------------------------------------
-    def _logps(
-        self, model: Any, inputs: dict[str, torch.Tensor], return_logits: bool
-    ) -> CompletionLogps:
+    def _logps(self, model: Any, inputs: dict[str, torch.Tensor], return_logits: bool) -> CompletionLogps:
         return completion_logps(
             model,
             inputs["input_ids"],
@@ -100,12 +90,8 @@ class PreferenceTrainer(Trainer):
 
     @torch.no_grad()
     def _reference(self, model: Any, inputs: dict[str, torch.Tensor]) -> CompletionLogps:
-        if self.ref_model is None and not hasattr(
-            self.accelerator.unwrap_model(model), "disable_adapter"
-        ):
-            raise RuntimeError(
-                "no reference: pass a reference model, use PEFT, or precompute reference log-probs"
-            )
+        if self.ref_model is None and not hasattr(self.accelerator.unwrap_model(model), "disable_adapter"):
+            raise RuntimeError("no reference: pass a reference model, use PEFT, or precompute reference log-probs")
         with self._reference_context(model):
             return self._logps(
                 self.ref_model if self.ref_model is not None else model,
@@ -137,9 +123,7 @@ class PreferenceTrainer(Trainer):
             self._record("loss", loss.detach().expand(inputs["pair_index"].shape[0]))
         return (loss, {}) if return_outputs else loss
 
-    def _preference_loss(
-        self, model: Any, inputs: dict[str, torch.Tensor], policy: CompletionLogps
-    ) -> torch.Tensor:
+    def _preference_loss(self, model: Any, inputs: dict[str, torch.Tensor], policy: CompletionLogps) -> torch.Tensor:
         args = self.args
         mask = inputs["completion_mask"]
         pairs = inputs["pair_index"].shape[0]
@@ -157,9 +141,7 @@ class PreferenceTrainer(Trainer):
                 losses.masked_mean(logps[r], mask[r]),
             )
             self._record_rewards(args.beta * chosen_avg, args.beta * rejected_avg)
-            return losses.simpo_loss(
-                chosen_avg, rejected_avg, args.beta, args.simpo_gamma_beta_ratio
-            ).mean()
+            return losses.simpo_loss(chosen_avg, rejected_avg, args.beta, args.simpo_gamma_beta_ratio).mean()
 
         reference = None
         if "ref_logps" in inputs:
@@ -174,16 +156,12 @@ class PreferenceTrainer(Trainer):
 
         token_kl = None
         if args.needs_token_kl:
-            token_kl = torch.zeros_like(logps).masked_scatter(
-                mask, losses.token_kl(policy.logits, reference.logits)
-            )
+            token_kl = torch.zeros_like(logps).masked_scatter(mask, losses.token_kl(policy.logits, reference.logits))
             record("kl/chosen", losses.masked_sum(token_kl[c], mask[c]))
             record("kl/rejected", losses.masked_sum(token_kl[r], mask[r]))
 
         if args.loss_type in ("dpo", "cdpo"):
-            per_pair = losses.dpo_loss(
-                chosen_logratios, rejected_logratios, args.beta, args.label_smoothing
-            )
+            per_pair = losses.dpo_loss(chosen_logratios, rejected_logratios, args.beta, args.label_smoothing)
         elif args.loss_type == "ipo":
             per_pair = losses.ipo_loss(
                 losses.masked_mean(token_logratios[c], mask[c]),
@@ -215,9 +193,7 @@ class PreferenceTrainer(Trainer):
                 rejected_token_kl=None if token_kl is None else token_kl[r],
             )
             weighted_chosen = args.beta * losses.masked_sum(token_logratios[c], mask[c], weights[c])
-            weighted_rejected = args.beta * losses.masked_sum(
-                token_logratios[r], mask[r], weights[r]
-            )
+            weighted_rejected = args.beta * losses.masked_sum(token_logratios[r], mask[r], weights[r])
             record("weighted_rewards/chosen", weighted_chosen)
             record("weighted_rewards/rejected", weighted_rejected)
             record("weighted_rewards/margins", weighted_chosen - weighted_rejected)

@@ -65,9 +65,7 @@ def require(value: Any, flag: str, command: str) -> Any:
 
 def load_tokenizer_for(model_args: ModelArguments) -> Any:
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    return load_tokenizer(
-        name, trust_remote_code=model_args.trust_remote_code, revision=model_args.revision
-    )
+    return load_tokenizer(name, trust_remote_code=model_args.trust_remote_code, revision=model_args.revision)
 
 
 def load_model(model_args: ModelArguments, name: str) -> Any:

@@ -35,9 +35,7 @@ def run(argv: list[str]) -> dict[str, float]:
         [ModelArguments, DataArguments, TisdpoConfig], argv, prog="tisdpo evaluate"
     )
     model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo evaluate")
-    dataset_name = data_args.eval_dataset_name or require(
-        data_args.dataset_name, "dataset_name", "tisdpo evaluate"
-    )
+    dataset_name = data_args.eval_dataset_name or require(data_args.dataset_name, "dataset_name", "tisdpo evaluate")
     split = data_args.eval_dataset_split if data_args.eval_dataset_name else data_args.dataset_split
     if config.loss_type == "sft":
         raise UserError(
@@ -68,9 +66,7 @@ def run(argv: list[str]) -> dict[str, float]:
         else:
             ref_model = reference
     policy = load_model(model_args, model_name)
-    trainer = PreferenceTrainer(
-        policy, config, tokenizer, ref_model=ref_model, eval_dataset=dataset
-    )
+    trainer = PreferenceTrainer(policy, config, tokenizer, ref_model=ref_model, eval_dataset=dataset)
     metrics = trainer.evaluate()
     if trainer.is_world_process_zero():
         write_json(os.path.join(config.output_dir, "eval_results.json"), metrics)

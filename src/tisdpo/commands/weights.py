@@ -41,9 +41,7 @@ class WeightsArguments:
     output_file: str | None = field(
         default=None, metadata={"help": "Where to write the weights file (.jsonl or .parquet)."}
     )
-    positive_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "pi+ (S: SFT on chosen; D: DPO)."}
-    )
+    positive_model_name_or_path: str | None = field(default=None, metadata={"help": "pi+ (S: SFT on chosen; D: DPO)."})
     negative_model_name_or_path: str | None = field(
         default=None, metadata={"help": "pi- (S: SFT on rejected; D: reverse DPO)."}
     )
@@ -56,21 +54,15 @@ class WeightsArguments:
     )
     from_rewards: str | None = field(
         default=None,
-        metadata={
-            "help": "Re-derive weights from a weights file's stored rewards (no model needed)."
-        },
+        metadata={"help": "Re-derive weights from a weights file's stored rewards (no model needed)."},
     )
     weight_transform: Literal[TRANSFORM_NAMES] = field(
         default="exp",
-        metadata={
-            "help": "exp, rank_based, threshold_and_scale, threshold, binary, random, origin."
-        },
+        metadata={"help": "exp, rank_based, threshold_and_scale, threshold, binary, random, origin."},
     )  # type: ignore[valid-type]
     weight_mu: float = field(
         default=1.0,
-        metadata={
-            "help": "exp: w = clamp(k * exp(+-mu * r), min, max); +mu on chosen, -mu on rejected."
-        },
+        metadata={"help": "exp: w = clamp(k * exp(+-mu * r), min, max); +mu on chosen, -mu on rejected."},
     )
     weight_k: float = field(default=1.0, metadata={"help": "exp: the scale k."})
     weight_min: float = field(default=0.5, metadata={"help": "exp: the lower clamp L."})
@@ -81,9 +73,7 @@ class WeightsArguments:
     weight_rank_max: float = field(
         default=1.3, metadata={"help": "rank_based / threshold_and_scale / random: highest weight."}
     )
-    weight_threshold: float = field(
-        default=1.0, metadata={"help": "threshold: clip rewards to [-t, t]."}
-    )
+    weight_threshold: float = field(default=1.0, metadata={"help": "threshold: clip rewards to [-t, t]."})
     weight_scale_threshold: float = field(
         default=1.5, metadata={"help": "threshold_and_scale: clip to [-t, t] before scaling."}
     )
@@ -91,9 +81,7 @@ class WeightsArguments:
         default=0.5, metadata={"help": "binary: the share of tokens that get weight 1."}
     )
     weight_seed: int = field(default=0, metadata={"help": "random: the seed."})
-    batch_size: int = field(
-        default=16, metadata={"help": "Sequences per forward pass (length-sorted)."}
-    )
+    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass (length-sorted)."})
     max_batch_tokens: int | None = field(
         default=None, metadata={"help": "Also cap a batch at this many padded tokens."}
     )
@@ -125,12 +113,8 @@ def transform_config(args: WeightsArguments) -> WeightTransformConfig:
     return config
 
 
-def add_weights(
-    row: dict[str, Any], config: WeightTransformConfig, example_index: int
-) -> dict[str, Any]:
-    chosen, rejected = transform_pair(
-        row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index
-    )
+def add_weights(row: dict[str, Any], config: WeightTransformConfig, example_index: int) -> dict[str, Any]:
+    chosen, rejected = transform_pair(row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index)
     return {
         **row,
         "chosen_weights": [float(w) for w in chosen],
@@ -165,9 +149,7 @@ def contrast_context_ids(
                     f"the chat template renders the {side} response differently under the contrastive prompt '{prompt.name}'",
                     location=where,
                 )
-    return pair_tokenizer.truncate_prompt(
-        pair_tokenizer.encode_prompt(rendered.prompt, rendered.chat)
-    )
+    return pair_tokenizer.truncate_prompt(pair_tokenizer.encode_prompt(rendered.prompt, rendered.chat))
 
 
 def score_part(
@@ -220,23 +202,17 @@ def score_part(
 
 
 def run_fingerprint(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_contrast(
-    model_args: ModelArguments, args: WeightsArguments
-) -> tuple[Contrast, dict[str, Any], str]:
+def build_contrast(model_args: ModelArguments, args: WeightsArguments) -> tuple[Contrast, dict[str, Any], str]:
     """Load the scorers; return them, their provenance and the tokenizer's name."""
     from accelerate import PartialState
 
     device = PartialState().device
     if args.positive_model_name_or_path or args.negative_model_name_or_path:
         if not (args.positive_model_name_or_path and args.negative_model_name_or_path):
-            raise UserError(
-                "methods S and D need both --positive_model_name_or_path and --negative_model_name_or_path"
-            )
+            raise UserError("methods S and D need both --positive_model_name_or_path and --negative_model_name_or_path")
         if args.positive_prompt or args.negative_prompt:
             raise UserError(
                 "give either two models (S, D) or one model with --positive_prompt/--negative_prompt (P), not both"
@@ -277,9 +253,7 @@ def build_contrast(
     )
 
 
-def check_tokenizer_matches(
-    contrast_models: list[str], fingerprint: str, trust_remote_code: bool
-) -> None:
+def check_tokenizer_matches(contrast_models: list[str], fingerprint: str, trust_remote_code: bool) -> None:
     for name in contrast_models:
         if (
             os.path.exists(os.path.join(name, "tokenizer_config.json"))
@@ -404,9 +378,7 @@ def score_in_parts(
     parts_dir = args.output_file + ".parts"
     stamp = os.path.join(parts_dir, "fingerprint")
     if state.is_main_process:
-        if os.path.isdir(parts_dir) and (
-            not os.path.exists(stamp) or Path(stamp).read_text() != fingerprint
-        ):
+        if os.path.isdir(parts_dir) and (not os.path.exists(stamp) or Path(stamp).read_text() != fingerprint):
             logger.info("discarding parts of an earlier run with other inputs in %s", parts_dir)
             shutil.rmtree(parts_dir)
         os.makedirs(parts_dir, exist_ok=True)
@@ -427,10 +399,7 @@ def score_in_parts(
         where = [records.where(r["source_index"]) for r in chunk]
         write_rows(
             path,
-            [
-                {"result": result}
-                for result in score_part(chunk, pair_tokenizer, contrast, args, where)
-            ],
+            [{"result": result} for result in score_part(chunk, pair_tokenizer, contrast, args, where)],
         )
     state.wait_for_everyone()
     if not state.is_main_process:

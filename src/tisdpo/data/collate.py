@@ -16,9 +16,7 @@ import torch
 PER_TOKEN_COLUMNS = ("weights", "ref_logps")
 
 
-def pad_2d(
-    sequences: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype
-) -> torch.Tensor:
+def pad_2d(sequences: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
     out = torch.full((len(sequences), width), value, dtype=dtype)
     for row, seq in enumerate(sequences):
         if len(seq):

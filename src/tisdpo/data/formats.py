@@ -48,11 +48,7 @@ class RawRecords:
 
 
 def _open_text(path: str):
-    return (
-        gzip.open(path, "rt", encoding="utf-8")
-        if path.endswith(".gz")
-        else open(path, encoding="utf-8")
-    )
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
 def _read_jsonl(path: str) -> RawRecords:
@@ -89,9 +85,7 @@ def _read_json(path: str) -> RawRecords:
         # A .json file holding one object per line is common enough to accept.
         if err.msg == "Extra data":
             return _read_jsonl(path)
-        raise UserError(
-            f"not valid JSON ({err.msg})", source=path, location=f"line {err.lineno}"
-        ) from None
+        raise UserError(f"not valid JSON ({err.msg})", source=path, location=f"line {err.lineno}") from None
     if isinstance(data, dict):
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
@@ -121,9 +115,7 @@ def _read_with_datasets(name: str, split: str, kind: str | None) -> RawRecords:
     except FileNotFoundError as err:
         raise UserError(f"dataset not found ({err})", source=name) from None
     except Exception as err:  # the hub and readers raise many kinds; all mean "could not load"
-        raise UserError(
-            f"could not load dataset: {type(err).__name__}: {err}", source=name
-        ) from None
+        raise UserError(f"could not load dataset: {type(err).__name__}: {err}", source=name) from None
     rows = dataset.to_list()
     label = "row" if kind == "parquet" else "example"
     return RawRecords(rows, name, [f"{label} {i}" for i in range(len(rows))])
@@ -162,13 +154,9 @@ def is_conversation(value: Any) -> bool:
 
 def _check_text(value: Any, field: str, source: str, where: str, allow_empty: bool = False) -> str:
     if value is None:
-        raise UserError(
-            "is missing or null (expected text)", source=source, location=where, field=field
-        )
+        raise UserError("is missing or null (expected text)", source=source, location=where, field=field)
     if not isinstance(value, str):
-        raise UserError(
-            f"expected text, got {type(value).__name__}", source=source, location=where, field=field
-        )
+        raise UserError(f"expected text, got {type(value).__name__}", source=source, location=where, field=field)
     if not allow_empty and not value.strip():
         raise EmptyResponseError(
             "is empty or whitespace only (fix the row, or pass --skip_empty_responses to drop such pairs)",
@@ -192,9 +180,7 @@ def _check_messages(value: Any, field: str, source: str, where: str) -> list[dic
                 field=field,
             )
         if not isinstance(message.get("content"), str):
-            raise UserError(
-                f"message {turn} has no text 'content'", source=source, location=where, field=field
-            )
+            raise UserError(f"message {turn} has no text 'content'", source=source, location=where, field=field)
     return value
 
 
@@ -249,18 +235,14 @@ def swap_sides(row: dict[str, Any]) -> dict[str, Any]:
     return swapped
 
 
-def normalize_row(
-    row: dict[str, Any], options: FormatOptions, source: str, where: str
-) -> dict[str, Any]:
+def normalize_row(row: dict[str, Any], options: FormatOptions, source: str, where: str) -> dict[str, Any]:
     """One raw row -> a dict with ``prompt``, ``chosen``, ``rejected`` (text or messages) and extras."""
     out = dict(row)
     if "response_0" in row and "response_1" in row:
         key = f"{options.preference_key}_response_id"
         choice = row.get(key)
         if choice not in (0, 1):
-            raise UserError(
-                f"expected 0 or 1, got {choice!r}", source=source, location=where, field=key
-            )
+            raise UserError(f"expected 0 or 1, got {choice!r}", source=source, location=where, field=key)
         responses = [
             _check_text(row["response_0"], "response_0", source, where),
             _check_text(row["response_1"], "response_1", source, where),
@@ -276,9 +258,7 @@ def normalize_row(
             )
         _check_field(out[field], field, source, where)
     if "prompt" not in out:
-        out["prompt"], out["chosen"], out["rejected"] = split_implicit_prompt(
-            out["chosen"], out["rejected"]
-        )
+        out["prompt"], out["chosen"], out["rejected"] = split_implicit_prompt(out["chosen"], out["rejected"])
     else:
         out["prompt"] = _check_field(out["prompt"], "prompt", source, where, allow_empty=True)
     for field in ("chosen", "rejected"):
@@ -326,9 +306,7 @@ def load_preference_rows(
     """
     records = read_records(name_or_path, split)
     if max_samples is not None:
-        records = RawRecords(
-            records.rows[:max_samples], records.source, records.locations[:max_samples]
-        )
+        records = RawRecords(records.rows[:max_samples], records.source, records.locations[:max_samples])
     if not records.rows:
         raise UserError("the dataset has no rows", source=name_or_path)
     rows = [

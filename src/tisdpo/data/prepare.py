@@ -50,9 +50,7 @@ def check_side_weights(
     full: list[int] = getattr(pair, f"{side}_full_ids")
     ids = row.get(f"{side}_token_ids")
     if ids is not None and list(ids) != full and list(ids) != trained:
-        mismatch = next(
-            (i for i, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full))
-        )
+        mismatch = next((i for i, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
         raise UserError(
             f"token ids differ from this tokenizer's completion ids at position {mismatch} "
             f"(file has {len(ids)} ids, tokenizer gives {len(full)}); the weights were made with another tokenizer or another prompt format",
@@ -118,9 +116,7 @@ def prepare_pairs(
             dropped.append(index)
             continue
         weights = {
-            side: check_side_weights(
-                row, side, pair, records.source, where, require_nonnegative_weights
-            )
+            side: check_side_weights(row, side, pair, records.source, where, require_nonnegative_weights)
             for side in SIDES
         }
         if need_weights:

@@ -45,13 +45,9 @@ class RenderedPair:
 class PairTokenizer:
     """Renders and encodes preference pairs the same way everywhere."""
 
-    def __init__(
-        self, tokenizer: Any, max_length: int | None = 512, max_prompt_length: int | None = 256
-    ) -> None:
+    def __init__(self, tokenizer: Any, max_length: int | None = 512, max_prompt_length: int | None = 256) -> None:
         if tokenizer.eos_token_id is None:
-            raise UserError(
-                "the tokenizer has no EOS token; set one (tokenizer.eos_token) before training"
-            )
+            raise UserError("the tokenizer has no EOS token; set one (tokenizer.eos_token) before training")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -65,9 +61,7 @@ class PairTokenizer:
             raise UserError(
                 "conversational data needs a tokenizer with a chat template (tokenizer.chat_template is empty)"
             )
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def render(self, row: dict[str, Any]) -> RenderedPair:
         """Text of the prompt and of each completion, exactly as they will be encoded."""
@@ -135,6 +129,4 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "class": type(tokenizer).__name__,
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

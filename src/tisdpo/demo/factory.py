@@ -43,12 +43,8 @@ def train_tokenizer(
     if kind == "word":
         tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tokenizer.decoder = decoders.WordPiece(
-            prefix="##", cleanup=False
-        )  # joins words with spaces
-        trainer = trainers.WordLevelTrainer(
-            vocab_size=vocab_size, special_tokens=specials, min_frequency=1
-        )
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
     elif kind == "bpe":
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -301,9 +301,7 @@ class TaskConfig:
         if not self.label_temperature > 0:
             raise ValueError(f"label_temperature must be > 0, got {self.label_temperature}")
         if not 6 <= self.min_words <= self.max_words:
-            raise ValueError(
-                f"need 6 <= min_words <= max_words, got {self.min_words}, {self.max_words}"
-            )
+            raise ValueError(f"need 6 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
         for name in ("harmful_fraction", "negation_prob", "context_clause_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -312,9 +310,7 @@ class TaskConfig:
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"good_prob_range must satisfy 0 <= low <= high <= 1, got {low, high}")
         if len(self.opener_probs) != 3 or min(self.opener_probs) < 0 or sum(self.opener_probs) <= 0:
-            raise ValueError(
-                f"opener_probs must be 3 non-negative numbers, got {self.opener_probs}"
-            )
+            raise ValueError(f"opener_probs must be 3 non-negative numbers, got {self.opener_probs}")
 
 
 def format_prompt(request: str) -> str:
@@ -355,9 +351,7 @@ def _draw_prompt(rng: np.random.Generator, harmful_fraction: float, split: str) 
     return format_prompt(pool[int(rng.integers(len(pool)))])
 
 
-def generate_prompts(
-    n: int, seed: int, split: str = "eval", harmful_fraction: float = 0.5
-) -> list[str]:
+def generate_prompts(n: int, seed: int, split: str = "eval", harmful_fraction: float = 0.5) -> list[str]:
     """``n`` prompts for evaluation, by default from the held-out requests training never sees.
 
     Half harmful, half benign (for even ``n``; ``harmful_fraction`` sets the share), each kind
@@ -401,9 +395,7 @@ def _fill_clause(template: str, rng: np.random.Generator, good_prob: float, neg_
 
 def _draw_response_once(rng: np.random.Generator, config: TaskConfig) -> str:
     probs = np.asarray(config.opener_probs, dtype=float)
-    openers = (COMPLY_OPENERS, REFUSE_OPENERS, NEUTRAL_OPENERS)[
-        int(rng.choice(3, p=probs / probs.sum()))
-    ]
+    openers = (COMPLY_OPENERS, REFUSE_OPENERS, NEUTRAL_OPENERS)[int(rng.choice(3, p=probs / probs.sum()))]
     words = _choice(rng, openers).split()
     good_prob = float(rng.uniform(*config.good_prob_range))
     target = int(rng.integers(config.min_words, config.max_words + 1))
@@ -411,9 +403,7 @@ def _draw_response_once(rng: np.random.Generator, config: TaskConfig) -> str:
         if rng.random() < config.context_clause_prob:
             clause = _choice(rng, CONTEXT_CLAUSES)
         else:
-            clause = _fill_clause(
-                _choice(rng, LEXICON_CLAUSES), rng, good_prob, config.negation_prob
-            )
+            clause = _fill_clause(_choice(rng, LEXICON_CLAUSES), rng, good_prob, config.negation_prob)
         words += clause.split()
     return " ".join(words)
 

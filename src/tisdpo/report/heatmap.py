@@ -61,15 +61,11 @@ class HeatmapExample:
         rewards = getattr(self, f"{side}_rewards")
         label = f"example {self.title!r}" if self.title else "example"
         if len(tokens) != len(values):
-            raise ValueError(
-                f"{label}: {len(tokens)} {side} tokens but {len(values)} {side} values"
-            )
+            raise ValueError(f"{label}: {len(tokens)} {side} tokens but {len(values)} {side} values")
         if rewards is not None:
             rewards = [float(r) for r in rewards]
             if len(rewards) != len(tokens):
-                raise ValueError(
-                    f"{label}: {len(tokens)} {side} tokens but {len(rewards)} {side} rewards"
-                )
+                raise ValueError(f"{label}: {len(tokens)} {side} tokens but {len(rewards)} {side} rewards")
         return tokens, values, rewards
 
 
@@ -113,11 +109,7 @@ def _default_center(value_label: str, center: float | None) -> float:
 def _color_scale(examples: Sequence[HeatmapExample], center: float) -> float:
     """Largest |value - center| over all examples (1.0 when there is no deviation)."""
     deviations = [
-        abs(v - center)
-        for example in examples
-        for side in SIDES
-        for v in example.side(side)[1]
-        if math.isfinite(v)
+        abs(v - center) for example in examples for side in SIDES for v in example.side(side)[1] if math.isfinite(v)
     ]
     scale = max(deviations, default=0.0)
     return scale if scale > 0 else 1.0
@@ -187,9 +179,7 @@ h3 { font-size: .95em; margin: .8em 0 .2em; text-transform: uppercase; color: #5
 """
 
 
-def _token_html(
-    token: str, value: float, reward: float | None, label: str, center: float, scale: float
-) -> str:
+def _token_html(token: str, value: float, reward: float | None, label: str, center: float, scale: float) -> str:
     tip = f"{token!r}\n{label} = {_format(value)}"
     if reward is not None:
         tip += f"\nreward = {_format(reward)}"
@@ -197,15 +187,10 @@ def _token_html(
     body = html.escape(token, quote=False).replace("\r", "")
     body = body.replace("\n", '<span class="nl">\u21b5</span><br>')
     css_class = "tok empty" if token == "" else "tok"
-    return (
-        f'<span class="{css_class}" style="{style}" title="{html.escape(tip, quote=True)}">'
-        f"{body}</span>"
-    )
+    return f'<span class="{css_class}" style="{style}" title="{html.escape(tip, quote=True)}">{body}</span>'
 
 
-def _html_page(
-    examples: Sequence[HeatmapExample], value_label: str, center: float, page_title: str
-) -> str:
+def _html_page(examples: Sequence[HeatmapExample], value_label: str, center: float, page_title: str) -> str:
     scale = _color_scale(examples, center)
     css = _CSS % {
         "low": _hex(_LOW_RGB),
@@ -221,7 +206,7 @@ def _html_page(
         f"<h1>{html.escape(page_title)}</h1>",
         f'<div class="legend"><div>{label} (hover a token for details)</div>',
         '<div class="bar"></div><div class="ticks">',
-        f"<span>{_format(center - scale)}</span><span>{_format(center)}</span>",
+        f"<span>{_format(center - scale)}</span><span>{_format(center)}</span>"
         f"<span>{_format(center + scale)}</span></div></div>",
     ]
     for number, example in enumerate(examples):
@@ -282,9 +267,7 @@ def _colormap() -> Any:
     return LinearSegmentedColormap.from_list("tisdpo_diverging", colors)
 
 
-def _wrap_tokens(
-    tokens: list[str], values: list[float]
-) -> tuple[list[list[tuple[int, str, float]]], bool]:
+def _wrap_tokens(tokens: list[str], values: list[float]) -> tuple[list[list[tuple[int, str, float]]], bool]:
     """Lay tokens out on lines of _LINE_CHARS: [(column, text, value)] per line, truncated flag."""
     lines: list[list[tuple[int, str, float]]] = [[]]
     column = 0
@@ -353,7 +336,7 @@ def render_png(
     rows: list[tuple[str, Any]] = []
     for number, example in enumerate(shown):
         title = example.title or f"Example {number + 1}"
-        rows.append(("title", _one_line(f"{title}: {example.prompt}", _LINE_CHARS)))
+        rows.append(("title", _one_line(f"{title}: {example.prompt}", _LINE_CHARS - 5)))
         for side in SIDES:
             tokens, values, _ = example.side(side)
             lines, truncated = _wrap_tokens(tokens, values)
@@ -362,7 +345,9 @@ def render_png(
             if not lines:
                 rows.append(("label", "(empty response)"))
         rows.append(("gap", None))
-    if not rows:
+    if rows:
+        rows.pop()  # no gap after the last example
+    else:
         rows.append(("label", "(no examples)"))
 
     margin_top, margin_bottom, left_in, right_in = 0.3, 0.3, 0.3, 1.3

@@ -60,9 +60,7 @@ def read_meta(path: str) -> dict[str, Any] | None:
         try:
             return json.load(handle)
         except json.JSONDecodeError as err:
-            raise UserError(
-                f"provenance file is not valid JSON ({err.msg})", source=sidecar
-            ) from None
+            raise UserError(f"provenance file is not valid JSON ({err.msg})", source=sidecar) from None
 
 
 def check_tokenizer(path: str, fingerprint: str) -> None:

@@ -43,9 +43,7 @@ class ContrastivePrompt:
                     f"prompt '{self.name}' is a {{prompt}} template, which only applies to plain-text data; use a system-prompt preset (e.g. harmless/harmful) for conversations"
                 )
             if prompt and prompt[0].get("role") == "system":
-                return [
-                    {"role": "system", "content": self.text + "\n\n" + prompt[0]["content"]}
-                ] + list(prompt[1:])
+                return [{"role": "system", "content": self.text + "\n\n" + prompt[0]["content"]}] + list(prompt[1:])
             return [{"role": "system", "content": self.text}] + list(prompt)
         if self.is_template:
             return self.text.replace("{prompt}", prompt)

@@ -97,8 +97,7 @@ class WeightTransformConfig:
             close = difflib.get_close_matches(str(self.name), TRANSFORM_NAMES, n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(
-                f"unknown weight transform '{self.name}'{hint}; "
-                f"choose one of: {', '.join(TRANSFORM_NAMES)}"
+                f"unknown weight transform '{self.name}'{hint}; choose one of: {', '.join(TRANSFORM_NAMES)}"
             )
         for field in (
             "mu",
@@ -125,8 +124,7 @@ class WeightTransformConfig:
             )
         if self.min_weight > self.max_weight:
             raise ValueError(
-                f"weight transform 'min_weight' ({self.min_weight}) must not exceed "
-                f"'max_weight' ({self.max_weight})"
+                f"weight transform 'min_weight' ({self.min_weight}) must not exceed 'max_weight' ({self.max_weight})"
             )
         if self.rank_min < 0:
             raise ValueError(
@@ -135,19 +133,15 @@ class WeightTransformConfig:
             )
         if self.rank_min > self.rank_max:
             raise ValueError(
-                f"weight transform 'rank_min' ({self.rank_min}) must not exceed "
-                f"'rank_max' ({self.rank_max})"
+                f"weight transform 'rank_min' ({self.rank_min}) must not exceed 'rank_max' ({self.rank_max})"
             )
         if self.threshold <= 0:
             raise ValueError(f"weight transform 'threshold' must be > 0, got {self.threshold}")
         if self.scale_threshold <= 0:
-            raise ValueError(
-                f"weight transform 'scale_threshold' must be > 0, got {self.scale_threshold}"
-            )
+            raise ValueError(f"weight transform 'scale_threshold' must be > 0, got {self.scale_threshold}")
         if not 0 < self.binary_top_fraction <= 1:
             raise ValueError(
-                "weight transform 'binary_top_fraction' must be in (0, 1], "
-                f"got {self.binary_top_fraction}"
+                f"weight transform 'binary_top_fraction' must be in (0, 1], got {self.binary_top_fraction}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"weight transform 'seed' must be an integer, got {self.seed!r}")
@@ -161,9 +155,7 @@ def _signed_scores(rewards: RewardsLike, side: str) -> np.ndarray:
         raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
     scores = np.asarray(rewards, dtype=np.float64)
     if scores.ndim != 1:
-        raise ValueError(
-            f"token rewards must be a flat sequence (one per token), got shape {scores.shape}"
-        )
+        raise ValueError(f"token rewards must be a flat sequence (one per token), got shape {scores.shape}")
     if not np.all(np.isfinite(scores)):
         bad = int(np.flatnonzero(~np.isfinite(scores))[0])
         raise ValueError(f"token rewards must be finite; position {bad} is {scores[bad]}")
