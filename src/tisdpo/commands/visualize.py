@@ -59,8 +59,8 @@ def heatmap_examples(records: RawRecords, tokenizer: Any, value: str) -> list[He
             if not isinstance(row.get(column), list):
                 raise UserError(
                     "is missing: expected a file written by `tisdpo weights`",
-                    source=source,
-                    location=f"example {index}",
+                    source=records.source,
+                    location=records.where(index),
                     field=column,
                 )
         examples.append(

@@ -295,6 +295,17 @@ def _wrap_tokens(tokens: list[str], values: list[float]) -> tuple[list[list[tupl
     return lines[:_MAX_LINES_PER_RESPONSE], truncated
 
 
+def _monospace_char_px(figure: Any) -> float:
+    """Rendered width in pixels of one character of the monospace font at _FONT_SIZE."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    font = FontProperties(family="monospace", size=_FONT_SIZE)
+    width, _, _ = renderer.get_text_width_height_descent("x" * _LINE_CHARS, font, ismath=False)
+    return width / _LINE_CHARS if width > 0 else _AXES_WIDTH_IN * _DPI / _LINE_CHARS
+
+
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
@@ -363,7 +374,10 @@ def render_png(
         )
     )
     n_rows = max(len(rows), 10)
-    ax.set_xlim(0, _LINE_CHARS)
+    # Glyph advances are rounded to whole pixels, so measure the real monospace width.
+    char_px = _monospace_char_px(figure)
+    unit = char_px / (_AXES_WIDTH_IN * _DPI / _LINE_CHARS)  # x units per character
+    ax.set_xlim(0, _LINE_CHARS * max(1.0, unit))
     ax.set_ylim(n_rows, 0)
     ax.set_axis_off()
 
@@ -379,8 +393,8 @@ def render_png(
                 face = cmap(norm(value)) if math.isfinite(value) else (0.8, 0.8, 0.8, 1.0)
                 ax.add_patch(
                     Rectangle(
-                        (column, row + 0.1),
-                        len(text),
+                        (column * unit, row + 0.1),
+                        len(text) * unit,
                         0.8,
                         facecolor=face,
                         edgecolor="#bbbbbb",
@@ -388,7 +402,7 @@ def render_png(
                     )
                 )
                 ax.text(
-                    column,
+                    column * unit,
                     y,
                     text,
                     family="monospace",
