@@ -253,8 +253,8 @@ def render_html(
 # ----------------------------------------------------------------------------- PNG
 
 _LINE_CHARS = 100  # characters per wrapped line
-_AXES_WIDTH_IN = 9.0
-_FONT_SIZE = _AXES_WIDTH_IN * 72 / (0.602 * _LINE_CHARS)  # monospace: one char = one x unit
+_AXES_WIDTH_IN = 9.0  # nominal width of a line; the real one is measured (_monospace_char_px)
+_FONT_SIZE = _AXES_WIDTH_IN * 72 / (0.602 * _LINE_CHARS)  # DejaVu Sans Mono: 0.602 em per char
 _ROW_IN = _FONT_SIZE * 1.6 / 72
 _MAX_LINES_PER_RESPONSE = 8
 _DPI = 120
@@ -295,12 +295,13 @@ def _wrap_tokens(tokens: list[str], values: list[float]) -> tuple[list[list[tupl
     return lines[:_MAX_LINES_PER_RESPONSE], truncated
 
 
-def _monospace_char_px(figure: Any) -> float:
+def _monospace_char_px() -> float:
     """Rendered width in pixels of one character of the monospace font at _FONT_SIZE."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
-    renderer = FigureCanvasAgg(figure).get_renderer()
+    renderer = FigureCanvasAgg(Figure(dpi=_DPI)).get_renderer()
     font = FontProperties(family="monospace", size=_FONT_SIZE)
     width, _, _ = renderer.get_text_width_height_descent("x" * _LINE_CHARS, font, ismath=False)
     return width / _LINE_CHARS if width > 0 else _AXES_WIDTH_IN * _DPI / _LINE_CHARS
@@ -361,23 +362,23 @@ def render_png(
     else:
         rows.append(("label", "(no examples)"))
 
+    # Glyph advances are rounded to whole pixels: size the axes to the measured monospace width
+    # so that one x unit is exactly one character.
+    axes_width_in = _LINE_CHARS * _monospace_char_px() / _DPI
     margin_top, margin_bottom, left_in, right_in = 0.3, 0.3, 0.3, 1.3
-    height = margin_top + margin_bottom + max(len(rows), 10) * _ROW_IN
-    width = left_in + _AXES_WIDTH_IN + right_in
+    n_rows = max(len(rows), 10)
+    height = margin_top + margin_bottom + n_rows * _ROW_IN
+    width = left_in + axes_width_in + right_in
     figure = Figure(figsize=(width, height), dpi=_DPI)
     ax = figure.add_axes(
         (
             left_in / width,
             margin_bottom / height,
-            _AXES_WIDTH_IN / width,
+            axes_width_in / width,
             1 - (margin_top + margin_bottom) / height,
         )
     )
-    n_rows = max(len(rows), 10)
-    # Glyph advances are rounded to whole pixels, so measure the real monospace width.
-    char_px = _monospace_char_px(figure)
-    unit = char_px / (_AXES_WIDTH_IN * _DPI / _LINE_CHARS)  # x units per character
-    ax.set_xlim(0, _LINE_CHARS * max(1.0, unit))
+    ax.set_xlim(0, _LINE_CHARS)
     ax.set_ylim(n_rows, 0)
     ax.set_axis_off()
 
@@ -393,8 +394,8 @@ def render_png(
                 face = cmap(norm(value)) if math.isfinite(value) else (0.8, 0.8, 0.8, 1.0)
                 ax.add_patch(
                     Rectangle(
-                        (column * unit, row + 0.1),
-                        len(text) * unit,
+                        (column, row + 0.1),
+                        len(text),
                         0.8,
                         facecolor=face,
                         edgecolor="#bbbbbb",
@@ -402,7 +403,7 @@ def render_png(
                     )
                 )
                 ax.text(
-                    column * unit,
+                    column,
                     y,
                     text,
                     family="monospace",
@@ -414,7 +415,7 @@ def render_png(
     bar_height = min(3.0, height - margin_top - margin_bottom)
     cax = figure.add_axes(
         (
-            (left_in + _AXES_WIDTH_IN + 0.35) / width,
+            (left_in + axes_width_in + 0.35) / width,
             1 - (margin_top + bar_height) / height,
             0.2 / width,
             bar_height / height,
