@@ -14,7 +14,10 @@ SUBCOMMANDS = {
     "weights": ("tisdpo.commands.weights", "token rewards from a contrastive pair (P, S, D) and their weights"),
     "visualize": ("tisdpo.commands.visualize", "token heatmaps (HTML, PNG) and statistics of a weights file"),
     "compare": ("tisdpo.commands.compare", "several evaluation outputs side by side: one table, one reward-vs-KL plot"),
-    "pipeline": ("tisdpo.pipeline", "the whole method from a recipe: SFT, contrastive pairs, weights, training, evaluation"),
+    "pipeline": (
+        "tisdpo.pipeline",
+        "the whole method from a recipe: SFT, contrastive pairs, weights, training, evaluation",
+    ),
     "demo": ("tisdpo.demo.run", "the embedded ground-truth demo (tiny model, known token rewards)"),
 }
 

@@ -97,7 +97,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     render_png(
         examples, os.path.join(args.output_dir, "heatmap.png"), max_examples=args.png_examples, value_label=label
     )
-    render_histogram_png(examples, os.path.join(args.output_dir, "histogram.png"))
+    render_histogram_png(examples, os.path.join(args.output_dir, "histogram.png"), value_label=label)
     summary = summary_statistics(examples)
     write_json(os.path.join(args.output_dir, "summary.json"), summary)
     logger.info("wrote heatmap.html, heatmap.png, histogram.png and summary.json to %s", args.output_dir)

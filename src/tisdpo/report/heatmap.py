@@ -14,13 +14,14 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from tisdpo.utils import atomic_path
 
 SIDES: tuple[str, str] = ("chosen", "rejected")
 _LOW_RGB = (33, 102, 172)  # blue, below center
@@ -142,18 +143,8 @@ def _format(value: float) -> str:
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` on a temp file next to ``path``, then rename it into place."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
+    with atomic_path(os.fspath(path)) as temp:
         write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 # ----------------------------------------------------------------------------- HTML
