@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "visualize": ("tisdpo.commands.visualize", "token heatmaps (HTML, PNG) and statistics of a weights file"),
     "compare": ("tisdpo.commands.compare", "several evaluation outputs side by side: one table, one reward-vs-KL plot"),
     "pipeline": (
-        "tisdpo.pipeline",
+        "tisdpo.pipeline.command",
         "the whole method from a recipe: SFT, contrastive pairs, weights, training, evaluation",
     ),
     "demo": ("tisdpo.demo.run", "the embedded ground-truth demo (tiny model, known token rewards)"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback
 
 from tisdpo import losses
 from tisdpo.config import TisdpoConfig
@@ -37,6 +38,9 @@ class PreferenceTrainer(Trainer):
         kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        if args.disable_tqdm:
+            # Quiet means quiet: metrics still go to trainer_state.json and report_to, not to stdout.
+            self.remove_callback(PrinterCallback)
         self.ref_model = None
         if ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
@@ -179,7 +183,8 @@ class PreferenceTrainer(Trainer):
                 variant=int(args.loss_type[-1]),
             )
         elif args.loss_type == "tisdpo":
-            weights = inputs["weights"]
+            # Pairs without weights (e.g. held-out pairs) get unit weights: their loss is the DPO loss.
+            weights = inputs["weights"] if "weights" in inputs else torch.ones_like(token_logratios)
             per_pair = losses.tisdpo_loss(
                 token_logratios[c],
                 token_logratios[r],

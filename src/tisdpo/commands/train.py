@@ -49,7 +49,7 @@ def run(argv: list[str]) -> dict[str, float]:
             data_args.eval_dataset_split,
             data_args,
             pair_tokenizer,
-            config.needs_weights,
+            False,  # held-out pairs without weights are scored with unit weights (the DPO loss)
             data_args.max_eval_samples,
         )
     elif data_args.eval_fraction > 0:

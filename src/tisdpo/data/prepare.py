@@ -105,8 +105,7 @@ def prepare_pairs(
         "chosen_input_ids": [],
         "rejected_input_ids": [],
     }
-    if need_weights:
-        columns["chosen_weights"], columns["rejected_weights"] = [], []
+    found_weights: dict[str, list[list[float] | None]] = {side: [] for side in SIDES}
     dropped: list[int] = []
     for position, row in enumerate(rows):
         index = row.get("source_index", position)
@@ -119,16 +118,15 @@ def prepare_pairs(
             side: check_side_weights(row, side, pair, records.source, where, require_nonnegative_weights)
             for side in SIDES
         }
-        if need_weights:
-            for side in SIDES:
-                if weights[side] is None:
-                    raise UserError(
-                        "is missing: this objective needs one weight per completion token (make them with `tisdpo weights`)",
-                        source=records.source,
-                        location=where,
-                        field=f"{side}_weights",
-                    )
-                columns[f"{side}_weights"].append(weights[side])
+        for side in SIDES:
+            if need_weights and weights[side] is None:
+                raise UserError(
+                    "is missing: this objective needs one weight per completion token (make them with `tisdpo weights`)",
+                    source=records.source,
+                    location=where,
+                    field=f"{side}_weights",
+                )
+            found_weights[side].append(weights[side])
         columns["index"].append(index)
         columns["prompt_input_ids"].append(pair.prompt_ids)
         columns["chosen_input_ids"].append(pair.chosen_ids)
@@ -147,4 +145,8 @@ def prepare_pairs(
             f"no pair left after truncation (all {len(rows)} dropped); raise --max_length or lower --max_prompt_length",
             source=records.source,
         )
+    # Weights travel with the pairs when every pair has them (they are ignored by unweighted objectives).
+    if all(w is not None for side in SIDES for w in found_weights[side]):
+        for side in SIDES:
+            columns[f"{side}_weights"] = found_weights[side]
     return PreparedPairs(columns, dropped)

@@ -1,0 +1,316 @@
+"""Shared setup of the benchmarks: real HH pairs, a 32k-vocabulary tiny Llama, isolated runs.
+
+* ``prepare_assets`` trains, once, a byte-level BPE tokenizer on the HH dialogues and saves two
+  randomly initialised Llama-architecture models (vocabulary 32,000, hidden 128, 2 layers, 4 heads,
+  intermediate 256; seeds 0 and 1) under ``benchmarks/.cache``; every run reloads them with
+  ``from_pretrained``.
+* ``run_isolated`` runs one contender in a fresh ``spawn`` process, so that its peak memory is its
+  own; ``PeakMemory`` measures, inside that process, the peak resident set size above a baseline
+  taken after the models are loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+)
+DEFAULT_CACHE = BENCH_DIR / ".cache"
+
+# The model: a realistic vocabulary so that the LM head dominates, as it does for real models.
+VOCAB_SIZE = 32000
+HIDDEN_SIZE = 128
+NUM_LAYERS = 2
+NUM_HEADS = 4
+INTERMEDIATE_SIZE = 256
+MAX_POSITIONS = 2048
+MODEL_SEEDS = (0, 1)
+ASSETS_VERSION = 1
+
+
+# -- command line ------------------------------------------------------------------------------
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="HH-RLHF pairs (.jsonl.gz with chosen/rejected dialogues); default: %(default)s",
+    )
+    parser.add_argument(
+        "--cache_dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="Where the tokenizer and the tiny models are built once (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch.set_num_threads in every contender."
+    )
+    return parser
+
+
+def require_data(path: Path) -> Path:
+    if not path.is_file():
+        sys.exit(
+            f"benchmark data not found: {path}\n"
+            "These benchmarks need the Anthropic HH test pairs "
+            "(shared/data/hh-rlhf-harmless-base-test.jsonl.gz beside the repository); "
+            "pass --data PATH to point at a copy."
+        )
+    return path
+
+
+# -- data --------------------------------------------------------------------------------------
+def load_rows(data: Path, max_samples: int | None = None) -> list[dict[str, Any]]:
+    """Normalized HH rows (prompt / chosen / rejected text), empty responses skipped."""
+    from tisdpo.data.formats import load_preference_rows
+
+    _, rows = load_preference_rows(str(data), skip_empty_responses=True, max_samples=max_samples)
+    return rows
+
+
+def tokenizable_rows(
+    data: Path, tokenizer: Any, count: int, max_length: int, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The first ``count`` rows that keep completion tokens on both sides, with their TokenizedPair."""
+    from tisdpo.data.tokenize import PairTokenizer
+
+    pair_tokenizer = PairTokenizer(tokenizer, max_length, max_prompt_length)
+    rows, pairs = [], []
+    for row in load_rows(data):
+        pair = pair_tokenizer.tokenize(row)
+        if pair is None or row["chosen"] == row["rejected"]:
+            continue
+        rows.append(row)
+        pairs.append(pair)
+        if len(rows) == count:
+            break
+    if len(rows) < count:
+        sys.exit(f"only {len(rows)} usable pairs in {data}; lower --pairs")
+    return rows, pairs
+
+
+# -- tokenizer and models ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assets:
+    tokenizer_dir: str
+    model_dirs: tuple[str, ...]  # one per seed in MODEL_SEEDS; each also holds the tokenizer
+
+
+def _assets_key(data: Path) -> str:
+    stat = data.stat()
+    payload = {
+        "data": [data.name, stat.st_size],
+        "model": [VOCAB_SIZE, HIDDEN_SIZE, NUM_LAYERS, NUM_HEADS, INTERMEDIATE_SIZE, MAX_POSITIONS],
+        "seeds": MODEL_SEEDS,
+        "version": ASSETS_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prepare_assets(data: Path, cache_dir: Path = DEFAULT_CACHE) -> Assets:
+    """Build (once) the BPE tokenizer and the tiny models; later calls reuse the cache."""
+    root = cache_dir / f"assets-{_assets_key(data)}"
+    assets = Assets(
+        tokenizer_dir=str(root / "tokenizer"),
+        model_dirs=tuple(str(root / f"llama-seed{seed}") for seed in MODEL_SEEDS),
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / "done").exists():
+            return assets
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from tisdpo.demo.factory import train_tokenizer
+
+        rows = load_rows(data)
+        texts = [row["prompt"] + row["chosen"] for row in rows] + [row["rejected"] for row in rows]
+        tokenizer = train_tokenizer(texts, assets.tokenizer_dir, kind="bpe", vocab_size=VOCAB_SIZE)
+        for seed, model_dir in zip(MODEL_SEEDS, assets.model_dirs):
+            torch.manual_seed(seed)
+            config = LlamaConfig(
+                # The BPE stops short of 32k merges on this little text; the model keeps a 32k head.
+                vocab_size=max(VOCAB_SIZE, len(tokenizer)),
+                hidden_size=HIDDEN_SIZE,
+                intermediate_size=INTERMEDIATE_SIZE,
+                num_hidden_layers=NUM_LAYERS,
+                num_attention_heads=NUM_HEADS,
+                num_key_value_heads=NUM_HEADS,
+                max_position_embeddings=MAX_POSITIONS,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                tie_word_embeddings=False,
+            )
+            LlamaForCausalLM(config).save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+        (root / "done").write_text(
+            json.dumps({"tokenizer_size": len(tokenizer), "vocab_size": VOCAB_SIZE})
+        )
+    return assets
+
+
+def describe_assets(assets: Assets) -> str:
+    info = json.loads((Path(assets.tokenizer_dir).parent / "done").read_text())
+    return (
+        f"tiny Llama: vocab {info['vocab_size']} (BPE tokenizer trained on HH: {info['tokenizer_size']} tokens), "
+        f"hidden {HIDDEN_SIZE}, {NUM_LAYERS} layers, {NUM_HEADS} heads, intermediate {INTERMEDIATE_SIZE}, fp32"
+    )
+
+
+def load_model(path: str) -> Any:
+    from tisdpo.modeling import load_causal_lm
+
+    return load_causal_lm(path, "float32")
+
+
+def load_tokenizer(path: str) -> Any:
+    from tisdpo.modeling import load_tokenizer as _load
+
+    return _load(path)
+
+
+# -- isolation and memory ----------------------------------------------------------------------
+def setup_worker(threads: int) -> None:
+    """First thing in every contender process."""
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a fresh spawned process (its own peak memory); returns its result."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+class PeakMemory:
+    """Peak RSS above the RSS at ``__enter__`` (call it after loading the models).
+
+    A thread samples the RSS every ``interval`` seconds; the kernel's own high-water mark
+    (``ru_maxrss``) catches what the sampling misses whenever it rises during the block.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.baseline = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        import gc
+
+        gc.collect()
+        self.baseline = _rss_bytes()
+        self._maxrss_before = _maxrss_bytes()
+        self.peak = self.baseline
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+        maxrss = _maxrss_bytes()
+        if maxrss > self._maxrss_before:
+            self.peak = max(self.peak, maxrss)
+
+    @property
+    def peak_mib(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+    @property
+    def baseline_mib(self) -> float:
+        return self.baseline / 2**20
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = time.perf_counter() - start
+
+
+# -- output ------------------------------------------------------------------------------------
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        return str(value)
+
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(threads: int) -> str:
+    import torch
+
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, {os.cpu_count()} cores "
+        f"(torch threads {threads}), python {platform.python_version()}, torch {torch.__version__}"
+    )

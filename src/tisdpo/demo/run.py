@@ -1,0 +1,80 @@
+"""``tisdpo demo [--quick] --output_dir OUT [--dry_run]``: the whole method on the ground-truth task."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib import resources
+from typing import Any
+
+from tisdpo.config import load_yaml_config
+from tisdpo.errors import UserError
+from tisdpo.pipeline.command import build_pipeline, run_pipeline
+from tisdpo.pipeline.recipe import Recipe
+
+USAGE = "usage: tisdpo demo [--quick] [--output_dir OUT] [--dry_run]"
+REPORT_FILES = (
+    "results.json",
+    "results.md",
+    "report.html",
+    "frontier.png",
+    "heatmap_P.png",
+    "heatmap_S.png",
+    "heatmap_D.png",
+    "heatmap_D.html",
+)
+
+
+def recipe_path() -> str:
+    return str(resources.files("tisdpo.demo").joinpath("recipe.yaml"))
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: mappings merge, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def demo_recipe(quick: bool, output_dir: str) -> Recipe:
+    values = load_yaml_config(recipe_path())
+    overrides = values.pop("quick_overrides", {})
+    if quick:
+        values = merge(values, overrides)
+    values["run_dir"] = output_dir
+    return Recipe.from_dict(values, recipe_path())
+
+
+def parse_argv(argv: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"quick": False, "output_dir": "demo_out", "dry_run": False}
+    iterator = iter(argv)
+    for arg in iterator:
+        key, _, inline = arg.partition("=")
+        if key in ("--quick", "--dry_run"):
+            options[key[2:]] = True
+        elif key == "--output_dir":
+            options["output_dir"] = inline or next(iterator, None)
+            if not options["output_dir"]:
+                raise UserError(f"--output_dir needs a folder\n{USAGE}")
+        elif key in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        else:
+            raise UserError(f"unknown argument '{arg}'\n{USAGE}")
+    return options
+
+
+def run(argv: list[str]) -> None:
+    options = parse_argv(argv)
+    pipeline = build_pipeline(demo_recipe(options["quick"], options["output_dir"]))
+    folders = run_pipeline(pipeline, options["dry_run"])
+    if folders is None:
+        return
+    report = folders["report"]
+    for name in REPORT_FILES:
+        if os.path.exists(os.path.join(report, name)):
+            shutil.copy(os.path.join(report, name), os.path.join(options["output_dir"], name))
+    with open(os.path.join(report, "results.md"), encoding="utf-8") as handle:
+        print("\n" + handle.read())
+    print(f"report: {os.path.join(options['output_dir'], 'report.html')}")

@@ -1,0 +1,64 @@
+"""Pipeline stages of the embedded demo: the ground-truth task's data and a tiny model from scratch."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tisdpo.demo.task import TaskConfig, corpus_texts, generate_pairs, generate_prompts
+from tisdpo.errors import UserError
+from tisdpo.pipeline.engine import StageContext
+from tisdpo.weights.io import write_rows
+
+TRUTH_COLUMNS = ("chosen_true_rewards", "rejected_true_rewards", "prompt_kind", "label_flipped")
+
+
+def task_config(spec: dict[str, Any], n_pairs: int, seed: int) -> TaskConfig:
+    options = {k: v for k, v in spec.items() if k not in ("n_train_pairs", "n_eval_pairs", "n_eval_prompts", "seed")}
+    for key in ("good_prob_range", "opener_probs"):
+        if key in options:
+            options[key] = tuple(options[key])
+    try:
+        return TaskConfig(n_pairs=n_pairs, seed=seed, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"demo_task: {err}") from None
+
+
+def add_task_stage(builder: Any, spec: dict[str, Any]) -> None:
+    """Stage ``task``: train / eval pairs, held-out prompts, and SFT rows (every response once as chosen)."""
+    seed = int(spec.get("seed", 0))
+    train_config = task_config(spec, int(spec.get("n_train_pairs", 2000)), seed)
+    eval_config = task_config(spec, int(spec.get("n_eval_pairs", 200)), seed + 10_000)
+    n_prompts = int(spec.get("n_eval_prompts", 200))
+
+    def action(ctx: StageContext) -> None:
+        train = generate_pairs(train_config)
+        write_rows(os.path.join(ctx.work_dir, "train.jsonl"), train)
+        write_rows(os.path.join(ctx.work_dir, "eval.jsonl"), generate_pairs(eval_config))
+        write_rows(
+            os.path.join(ctx.work_dir, "prompts.jsonl"), [{"prompt": p} for p in generate_prompts(n_prompts, seed)]
+        )
+        swapped = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in train]
+        plain = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in train]
+        write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), plain + swapped)
+
+    builder.add("task", action, {"spec": spec}, [], f"generate the ground-truth task ({train_config.n_pairs} pairs)")
+
+
+def add_base_stage(builder: Any, factory: dict[str, Any]) -> None:
+    """Stage ``base``: a word-level tokenizer trained on the task's text and an untrained tiny Llama."""
+    spec = builder.recipe.data.get("demo_task") or {}
+    config = task_config(spec, int(spec.get("n_train_pairs", 2000)), int(spec.get("seed", 0)))
+
+    def action(ctx: StageContext) -> None:
+        from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
+
+        tokenizer = train_tokenizer(corpus_texts(config), ctx.work_dir, kind="word", vocab_size=1000)
+        build_tiny_llama(tokenizer, ctx.work_dir, **factory)
+        with open(os.path.join(ctx.work_dir, "factory.json"), "w", encoding="utf-8") as handle:
+            json.dump(factory, handle)
+
+    builder.add(
+        "base", action, {"factory": factory, "task": spec}, ["task"], "word tokenizer + tiny Llama from scratch"
+    )

@@ -1,0 +1,71 @@
+"""``tisdpo pipeline --config recipe.yaml [--run_dir DIR] [--dry_run]``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tisdpo.config import load_yaml_config
+from tisdpo.errors import UserError
+from tisdpo.pipeline.engine import Pipeline
+from tisdpo.pipeline.recipe import Recipe, StageBuilder
+
+USAGE = "usage: tisdpo pipeline --config recipe.yaml [--run_dir DIR] [--dry_run]"
+
+
+def parse_argv(argv: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"config": None, "run_dir": None, "dry_run": False}
+    iterator = iter(argv)
+    for arg in iterator:
+        key, _, inline = arg.partition("=")
+        if key in ("--config", "--run_dir"):
+            value = inline or next(iterator, None)
+            if not value:
+                raise UserError(f"{key} needs a value\n{USAGE}")
+            options[key[2:]] = value
+        elif key == "--dry_run":
+            options["dry_run"] = inline.lower() not in ("false", "0", "no") if inline else True
+        elif key in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        else:
+            raise UserError(f"unknown argument '{arg}'\n{USAGE}")
+    if not options["config"]:
+        raise UserError(f"tisdpo pipeline needs --config\n{USAGE}")
+    return options
+
+
+def load_recipe(path: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+    values = {**load_yaml_config(path), **(overrides or {})}
+    if run_dir:
+        values["run_dir"] = run_dir
+    return Recipe.from_dict(values, path)
+
+
+def build_pipeline(recipe: Recipe) -> Pipeline:
+    return Pipeline(recipe.run_dir, StageBuilder(recipe).build())
+
+
+def quiet_libraries() -> None:
+    """Stage progress lines are the pipeline's output; keep the libraries' own chatter down."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("tisdpo").setLevel(logging.WARNING)
+
+
+def run_pipeline(pipeline: Pipeline, dry_run: bool) -> dict[str, str] | None:
+    print(pipeline.describe_plan(), flush=True)
+    if dry_run:
+        return None
+    quiet_libraries()
+    return pipeline.run(progress=lambda line: print(line, flush=True))
+
+
+def run(argv: list[str]) -> dict[str, str] | None:
+    options = parse_argv(argv)
+    recipe = load_recipe(options["config"], options["run_dir"])
+    return run_pipeline(build_pipeline(recipe), options["dry_run"])

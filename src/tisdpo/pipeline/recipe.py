@@ -1,0 +1,354 @@
+"""A pipeline recipe (YAML) and the stages it expands to.
+
+    task? -> base? -> sft? -> contrastive pair per method (S: two SFTs, D: DPO + reverse DPO; P: none)
+          -> weights per method (+ random) -> training per objective and seed -> evaluation -> report
+
+Every command runs in-process (``tisdpo.cli.main``), or through ``launcher`` (for example
+``accelerate launch --config_file configs/accelerate/fsdp.yaml``) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from tisdpo.errors import UserError, did_you_mean
+from tisdpo.pipeline.engine import Stage, StageContext
+
+METHODS = ("P", "S", "D")
+
+
+@dataclass
+class Recipe:
+    run_dir: str = "runs/pipeline"
+    launcher: str | None = None  # e.g. "accelerate launch --num_processes 8"; None = in-process
+    seeds: list[int] = field(default_factory=lambda: [0])
+    base_model: str | dict[str, Any] | None = None  # a hub id / folder, or {demo_factory: {...}}
+    data: dict[str, Any] = field(
+        default_factory=dict
+    )  # dataset_name / eval_dataset_name / prompts_dataset_name, or demo_task
+    data_args: dict[str, Any] = field(
+        default_factory=dict
+    )  # flags given to every command (max_length, prompt_template ...)
+    model_args: dict[str, Any] = field(
+        default_factory=dict
+    )  # flags given to every command (dtype, attn_implementation ...)
+    train_defaults: dict[str, Any] = field(default_factory=dict)  # flags given to every training stage
+    sft: dict[str, Any] | None = None  # {args: {...}}; absent = the base model is already the SFT model
+    contrastive: dict[str, Any] = field(
+        default_factory=dict
+    )  # {P: {positive_prompt, negative_prompt}, S: {args}, D: {args}}
+    weights: dict[str, Any] = field(default_factory=dict)  # flags for `tisdpo weights` (transform ...)
+    random_weights: bool = True  # also train TIS-DPO with random weights (the paper's ablation)
+    objectives: dict[str, dict[str, Any]] = field(default_factory=lambda: {"dpo": {"loss_type": "dpo"}})
+    evaluate: dict[str, Any] | None = None  # {args: {...}, checkpoints: bool}
+    report: bool = True
+    notes: str = ""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> Recipe:
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                raise UserError(f"unknown recipe key '{key}'{did_you_mean(key, known)}", source=source)
+        recipe = cls(**values)
+        recipe.validate(source)
+        return recipe
+
+    def validate(self, source: str) -> None:
+        if self.base_model is None:
+            raise UserError("the recipe needs base_model (a hub id, a folder, or {demo_factory: {...}})", source=source)
+        if not self.data.get("demo_task") and not self.data.get("dataset_name"):
+            raise UserError("the recipe's data needs dataset_name (or demo_task)", source=source)
+        for method in self.contrastive:
+            if method not in METHODS:
+                raise UserError(f"unknown contrastive method '{method}' (expected P, S or D)", source=source)
+        if "P" in self.contrastive and not {"positive_prompt", "negative_prompt"} <= set(self.contrastive["P"] or {}):
+            raise UserError("contrastive P needs positive_prompt and negative_prompt", source=source)
+        for name, objective in self.objectives.items():
+            source_name = objective.get("weights")
+            if source_name is not None and source_name != "random" and source_name not in self.contrastive:
+                raise UserError(
+                    f"objective '{name}' uses weights '{source_name}', which is not a contrastive method of this recipe",
+                    source=source,
+                )
+            if source_name == "random" and not (self.random_weights and self.contrastive):
+                raise UserError(
+                    f"objective '{name}' uses random weights: set random_weights and at least one contrastive method",
+                    source=source,
+                )
+            if objective.get("loss_type") == "tisdpo" and source_name is None:
+                raise UserError(f"objective '{name}' is tisdpo and needs weights: P, S, D or random", source=source)
+
+
+def to_flags(args: dict[str, Any]) -> list[str]:
+    flags: list[str] = []
+    for key, value in args.items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            flags += [f"--{key}", *map(str, value)]
+        else:
+            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
+def invoke(command: str, args: dict[str, Any], launcher: str | None, stage: str) -> None:
+    """Run one tisdpo command in-process or through the launcher; a failure names the stage."""
+    argv = [command, *to_flags(args)]
+    if launcher:
+        result = subprocess.run([*shlex.split(launcher), "-m", "tisdpo", *argv], check=False)
+        code = result.returncode
+    else:
+        from tisdpo.cli import main
+
+        code = main(argv)
+    if code != 0:
+        raise UserError(f"stage '{stage}' failed: `tisdpo {' '.join(shlex.quote(a) for a in argv)}` exited with {code}")
+
+
+def file_identity(path: str) -> Any:
+    """What a fingerprint should know of an external input: size and time for local files."""
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return path
+
+
+@dataclass
+class Ref:
+    """A path that is either external or a file inside an upstream stage's folder."""
+
+    stage: str | None
+    path: str
+
+    def resolve(self, ctx: StageContext) -> str:
+        return os.path.join(ctx.inputs[self.stage], self.path) if self.stage else self.path
+
+    def identity(self) -> Any:
+        return {"stage": self.stage, "path": self.path} if self.stage else file_identity(self.path)
+
+    @property
+    def deps(self) -> list[str]:
+        return [self.stage] if self.stage else []
+
+
+class StageBuilder:
+    """Expands a recipe into stages."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.stages: list[Stage] = []
+
+    def add(self, name: str, action, config: dict[str, Any], deps: list[str], description: str) -> None:
+        self.stages.append(Stage(name, action, config, sorted(set(deps)), description))
+
+    def command_stage(
+        self,
+        name: str,
+        command: str,
+        args: dict[str, Any],
+        refs: dict[str, Ref],
+        output_flag: str,
+        output_name: str | None,
+        description: str,
+    ) -> None:
+        """A stage that runs ``tisdpo <command>`` with ``args`` plus paths resolved from ``refs``."""
+        launcher = self.recipe.launcher
+
+        def action(ctx: StageContext) -> None:
+            resolved = {key: ref.resolve(ctx) for key, ref in refs.items()}
+            output = os.path.join(ctx.work_dir, output_name) if output_name else ctx.work_dir
+            invoke(command, {**args, **resolved, output_flag: output}, launcher, name)
+
+        config = {"command": command, "args": args, "inputs": {k: r.identity() for k, r in refs.items()}}
+        self.add(name, action, config, [d for r in refs.values() for d in r.deps], description)
+
+    def build(self) -> list[Stage]:
+        recipe = self.recipe
+        data = self._data_refs()
+        base = self._base_model()
+        common = {**recipe.model_args, **recipe.data_args}
+        train_common = {**common, **recipe.train_defaults}
+        start = base
+        if recipe.sft is not None:
+            sft_data = data.get("sft", data["train"])
+            self.command_stage(
+                "sft",
+                "train",
+                {**train_common, **recipe.sft.get("args", {}), "loss_type": "sft"},
+                {"model_name_or_path": base, "dataset_name": sft_data},
+                "output_dir",
+                None,
+                "supervised fine-tuning of the base model",
+            )
+            start = Ref("sft", "")
+        weights = self._weights(start, data, train_common, common)
+        self._objectives(start, data, weights, train_common, common)
+        return self.stages
+
+    def _data_refs(self) -> dict[str, Ref]:
+        recipe = self.recipe
+        if recipe.data.get("demo_task") is not None:
+            from tisdpo.demo.stages import add_task_stage
+
+            add_task_stage(self, recipe.data["demo_task"])
+            return {name: Ref("task", f"{name}.jsonl") for name in ("train", "eval", "prompts", "sft")}
+        refs = {"train": Ref(None, recipe.data["dataset_name"])}
+        for key, name in (
+            ("eval_dataset_name", "eval"),
+            ("prompts_dataset_name", "prompts"),
+            ("sft_dataset_name", "sft"),
+        ):
+            if recipe.data.get(key):
+                refs[name] = Ref(None, recipe.data[key])
+        return refs
+
+    def _base_model(self) -> Ref:
+        base = self.recipe.base_model
+        if isinstance(base, dict):
+            if "demo_factory" not in base:
+                raise UserError("base_model must be a model name/folder or {demo_factory: {...}}")
+            from tisdpo.demo.stages import add_base_stage
+
+            add_base_stage(self, base["demo_factory"])
+            return Ref("base", "")
+        return Ref(None, base)
+
+    def _weights(
+        self, start: Ref, data: dict[str, Ref], train_common: dict[str, Any], common: dict[str, Any]
+    ) -> dict[str, Ref]:
+        recipe = self.recipe
+        found: dict[str, Ref] = {}
+        for method, spec in recipe.contrastive.items():
+            spec = spec or {}
+            refs = {"dataset_name": data["train"]}
+            if method == "P":
+                refs["model_name_or_path"] = start
+                args = {
+                    **common,
+                    **recipe.weights,
+                    "positive_prompt": spec["positive_prompt"],
+                    "negative_prompt": spec["negative_prompt"],
+                }
+            else:
+                loss = "sft" if method == "S" else "dpo"
+                for side, reverse in (("pos", False), ("neg", True)):
+                    stage_args = {**train_common, **spec.get("args", {}), "loss_type": loss, "reverse_pairs": reverse}
+                    what = {"S": ("SFT on chosen", "SFT on rejected"), "D": ("DPO", "reverse DPO")}[method][reverse]
+                    self.command_stage(
+                        f"contrast_{method}_{side}",
+                        "train",
+                        stage_args,
+                        {"model_name_or_path": start, "dataset_name": data["train"]},
+                        "output_dir",
+                        None,
+                        f"contrastive model {method}{'-' if reverse else '+'}: {what}",
+                    )
+                refs["positive_model_name_or_path"] = Ref(f"contrast_{method}_pos", "")
+                refs["negative_model_name_or_path"] = Ref(f"contrast_{method}_neg", "")
+                args = {**common, **recipe.weights}
+            self.command_stage(
+                f"weights_{method}",
+                "weights",
+                args,
+                refs,
+                "output_file",
+                "weights.jsonl",
+                f"token rewards and weights from method {method}",
+            )
+            found[method] = Ref(f"weights_{method}", "weights.jsonl")
+        if recipe.random_weights and found:
+            source = found.get("D") or next(iter(found.values()))
+            self.command_stage(
+                "weights_random",
+                "weights",
+                {"weight_transform": "random"},
+                {"from_rewards": source},
+                "output_file",
+                "weights.jsonl",
+                "random weights (ablation)",
+            )
+            found["random"] = Ref("weights_random", "weights.jsonl")
+        return found
+
+    def _objectives(
+        self,
+        start: Ref,
+        data: dict[str, Ref],
+        weights: dict[str, Ref],
+        train_common: dict[str, Any],
+        common: dict[str, Any],
+    ) -> None:
+        recipe = self.recipe
+        evaluation = recipe.evaluate
+        eval_stages: list[str] = []
+        for seed in recipe.seeds:
+            if evaluation is not None:
+                self._evaluation_stage(f"eval_sft_s{seed}", start, start, data, common, seed)
+                eval_stages.append(f"eval_sft_s{seed}")
+            for name, objective in recipe.objectives.items():
+                objective = dict(objective)
+                source = objective.pop("weights", None)
+                extra = objective.pop("args", {})
+                train_name = f"train_{name}_s{seed}"
+                dataset = weights[source] if source else data["train"]
+                refs = {"model_name_or_path": start, "dataset_name": dataset}
+                if "eval" in data:
+                    refs["eval_dataset_name"] = data["eval"]
+                args = {**train_common, **objective, **extra, "seed": seed}
+                self.command_stage(train_name, "train", args, refs, "output_dir", None, f"train {name} (seed {seed})")
+                if evaluation is not None:
+                    self._evaluation_stage(f"eval_{name}_s{seed}", Ref(train_name, ""), start, data, common, seed)
+                    eval_stages.append(f"eval_{name}_s{seed}")
+        if recipe.report and evaluation is not None:
+            from tisdpo.pipeline.report import add_report_stage
+
+            add_report_stage(self, eval_stages, [f"weights_{m}" for m in weights], data)
+
+    def _evaluation_stage(
+        self, name: str, policy: Ref, reference: Ref, data: dict[str, Ref], common: dict[str, Any], seed: int
+    ) -> None:
+        """Generate from the policy (and its checkpoints) and from the SFT model; score and compare."""
+        evaluation = self.recipe.evaluate or {}
+        args = {**common, **evaluation.get("args", {}), "generate": True, "seed": seed}
+        prompts = data.get("prompts") or data.get("eval") or data["train"]
+        launcher = self.recipe.launcher
+        with_checkpoints = bool(evaluation.get("checkpoints", False))
+
+        def action(ctx: StageContext) -> None:
+            model = policy.resolve(ctx)
+            targets = [("final", model)]
+            if with_checkpoints:
+                steps = sorted((int(d.split("-")[1]), d) for d in os.listdir(model) if d.startswith("checkpoint-"))
+                targets = [(d, os.path.join(model, d)) for _, d in steps[:-1]] + targets
+            for label, path in targets:
+                out = os.path.join(ctx.work_dir, label)
+                if os.path.exists(os.path.join(out, "eval_results.json")):
+                    continue  # finished before an interruption
+                refs = {
+                    "model_name_or_path": path,
+                    "ref_model_name_or_path": reference.resolve(ctx),
+                    "dataset_name": prompts.resolve(ctx),
+                    "output_dir": out,
+                }
+                invoke("evaluate", {**args, **refs}, launcher, name)
+
+        config = {
+            "args": args,
+            "policy": policy.identity(),
+            "reference": reference.identity(),
+            "prompts": prompts.identity(),
+            "checkpoints": with_checkpoints,
+        }
+        self.add(
+            name,
+            action,
+            config,
+            policy.deps + reference.deps + prompts.deps,
+            f"evaluate generations of {policy.stage or policy.path}",
+        )
