@@ -38,6 +38,11 @@ class PreferenceTrainer(Trainer):
         kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        self.logprob_path = args.logprob_path
+        deepspeed_plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled or (deepspeed_plugin is not None and deepspeed_plugin.zero_stage == 3):
+            # The LM head's weight is sharded outside the model's forward: use the model's own head.
+            self.logprob_path = "logits"
         if args.disable_tqdm:
             # Quiet means quiet: metrics still go to trainer_state.json and report_to, not to stdout.
             self.remove_callback(PrinterCallback)
@@ -60,13 +65,15 @@ class PreferenceTrainer(Trainer):
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        # Evaluation logs carry "<prefix>_loss" (eval_loss, or test_loss for metric_key_prefix="test").
+        eval_prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss") and key != "train_loss"), None)
+        mode = "train" if eval_prefix is None else "eval"
         sums = self._metric_sums[mode]
         if sums:
             names = sorted(sums)
             totals = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=self.accelerator.device)
             totals = self.accelerator.reduce(totals, reduction="sum")
-            prefix = "eval_" if mode == "eval" else ""
+            prefix = eval_prefix or ""
             for name, (total, count) in zip(names, totals.tolist()):
                 if count > 0:
                     logs[prefix + name] = total / count
@@ -81,7 +88,7 @@ class PreferenceTrainer(Trainer):
             inputs["attention_mask"],
             inputs["completion_start"],
             inputs["completion_mask"],
-            path=self.args.logprob_path,
+            path=self.logprob_path,
             chunk_size=self.args.lm_head_chunk_size,
             return_logits=return_logits,
         )

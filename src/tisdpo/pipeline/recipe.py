@@ -48,6 +48,7 @@ class Recipe:
     evaluate: dict[str, Any] | None = None  # {args: {...}, checkpoints: bool}
     report: bool = True
     notes: str = ""
+    quick_overrides: dict[str, Any] = field(default_factory=dict)  # merged in by `tisdpo demo --quick`
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> Recipe:

@@ -1,0 +1,15 @@
+"""Evaluation by generation: sample from a policy and a baseline, score, estimate KL, compare runs.
+
+* :mod:`tisdpo.evaluation.config`: the flags (:class:`GenerationArguments`);
+* :mod:`tisdpo.evaluation.prompts`: prompts and references of a held-out split;
+* :mod:`tisdpo.evaluation.generation`: batched sampling and teacher-forced log-probs;
+* :mod:`tisdpo.evaluation.scorers`: callable, reward model, safety classifier and ROUGE scorers;
+* :mod:`tisdpo.evaluation.rouge`: ROUGE-1/2/L F1;
+* :mod:`tisdpo.evaluation.metrics`: the ``gen/*`` metrics (win rate, bootstrap interval, KL ...);
+* :mod:`tisdpo.evaluation.report`: Markdown tables and the reward-against-KL plot;
+* :mod:`tisdpo.evaluation.run`: ``tisdpo evaluate --generate`` end to end.
+"""
+
+from tisdpo.evaluation.config import GenerationArguments
+
+__all__ = ["GenerationArguments"]
