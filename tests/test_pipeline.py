@@ -16,7 +16,9 @@ from tisdpo.pipeline.engine import Pipeline, Stage
 REPO = Path(__file__).resolve().parents[1]
 
 
-def counting_pipeline(run_dir: Path, calls: list[str], config_b: dict | None = None, fail_in: str | None = None) -> Pipeline:
+def counting_pipeline(
+    run_dir: Path, calls: list[str], config_b: dict | None = None, fail_in: str | None = None
+) -> Pipeline:
     def action_for(name: str):
         def action(ctx):
             calls.append(name)
@@ -89,7 +91,10 @@ def test_cycles_and_unknown_dependencies_are_refused(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_recipes_parse_and_dry_run(recipe, tmp_path, capsys):
-    assert main(["pipeline", "--config", str(REPO / "configs" / recipe), "--run_dir", str(tmp_path / "run"), "--dry_run"]) == 0
+    assert (
+        main(["pipeline", "--config", str(REPO / "configs" / recipe), "--run_dir", str(tmp_path / "run"), "--dry_run"])
+        == 0
+    )
     plan = capsys.readouterr().out
     assert "stages" in plan and "train_" in plan
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -98,7 +103,18 @@ def test_shipped_recipes_parse_and_dry_run(recipe, tmp_path, capsys):
 def test_demo_dry_run_lists_every_stage(tmp_path, capsys):
     assert main(["demo", "--quick", "--output_dir", str(tmp_path), "--dry_run"]) == 0
     plan = capsys.readouterr().out
-    for stage in ("task", "base", "sft", "contrast_S_pos", "contrast_D_neg", "weights_P", "weights_random", "train_tisdpo_D_s0", "eval_dpo_s0", "report"):
+    for stage in (
+        "task",
+        "base",
+        "sft",
+        "contrast_S_pos",
+        "contrast_D_neg",
+        "weights_P",
+        "weights_random",
+        "train_tisdpo_D_s0",
+        "eval_dpo_s0",
+        "report",
+    ):
         assert stage in plan
 
 
@@ -107,12 +123,16 @@ def test_bad_recipes_get_clear_errors(tmp_path, capsys):
     recipe.write_text("base_model: m\ndata: {dataset_name: d.jsonl}\nobjectivs: {}\n")
     assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
     assert "unknown recipe key 'objectivs' (did you mean 'objectives'?)" in capsys.readouterr().err
-    recipe.write_text("base_model: m\ndata: {dataset_name: d.jsonl}\nobjectives: {tis: {loss_type: tisdpo, weights: D}}\n")
+    recipe.write_text(
+        "base_model: m\ndata: {dataset_name: d.jsonl}\nobjectives: {tis: {loss_type: tisdpo, weights: D}}\n"
+    )
     assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
     assert "uses weights 'D', which is not a contrastive method" in capsys.readouterr().err
 
 
-def test_small_pipeline_runs_and_a_changed_config_reruns_the_right_stages(tiny_model_dir, toy_data_files, tmp_path, capsys):
+def test_small_pipeline_runs_and_a_changed_config_reruns_the_right_stages(
+    tiny_model_dir, toy_data_files, tmp_path, capsys
+):
     train, heldout = toy_data_files
     recipe = tmp_path / "r.yaml"
     base = f"""
@@ -137,7 +157,12 @@ report: false
     capsys.readouterr()
     assert main(["pipeline", "--config", str(recipe)]) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 5
-    recipe.write_text(base.replace("tisdpo_D: {loss_type: tisdpo, weights: D, args: {max_steps: 2}}", "tisdpo_D: {loss_type: tisdpo, weights: D, args: {max_steps: 3}}"))
+    recipe.write_text(
+        base.replace(
+            "tisdpo_D: {loss_type: tisdpo, weights: D, args: {max_steps: 2}}",
+            "tisdpo_D: {loss_type: tisdpo, weights: D, args: {max_steps: 3}}",
+        )
+    )
     assert main(["pipeline", "--config", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 4 and "train_tisdpo_D_s0: running" in out

@@ -305,3 +305,47 @@ def test_missing_or_incomplete_model_folder(tmp_path, toy_data_files, capsys):
     )
     err = capsys.readouterr().err
     assert "half: could not load the tokenizer" in err and "Traceback" not in err
+
+
+def test_precomputed_reference_trains_like_a_live_reference_model(tiny_model_dir, toy_data_files, tmp_path):
+    """The precompute fast path is exact: same final weights as running the reference every step."""
+    train_file, _ = toy_data_files
+    args = [
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--dataset_name",
+        train_file,
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        *COMMON,
+    ]
+    for name, flag in (("pre", "true"), ("live", "false")):
+        assert run("train", *args, "--output_dir", tmp_path / name, "--precompute_ref_log_probs", flag) == 0
+    pre, live = load_file(tmp_path / "pre" / "model.safetensors"), load_file(tmp_path / "live" / "model.safetensors")
+    for name in pre:
+        torch.testing.assert_close(pre[name], live[name], rtol=1e-5, atol=1e-6)
+
+
+def test_logits_path_trains_like_the_chunked_path(tiny_model_dir, toy_data_files, tmp_path):
+    train_file, _ = toy_data_files
+    args = [
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--dataset_name",
+        train_file,
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        *COMMON,
+    ]
+    for path in ("chunked", "logits"):
+        assert run("train", *args, "--output_dir", tmp_path / path, "--logprob_path", path) == 0
+    chunked, logits = (
+        load_file(tmp_path / "chunked" / "model.safetensors"),
+        load_file(tmp_path / "logits" / "model.safetensors"),
+    )
+    for name in chunked:
+        torch.testing.assert_close(chunked[name], logits[name], rtol=1e-4, atol=1e-6)

@@ -88,7 +88,13 @@ def run(argv: list[str]) -> dict[str, dict[str, Any]]:
         write_text(os.path.join(args.output_dir, "compare.md"), text)
         drawn = frontier_plot(labels, runs, os.path.join(args.output_dir, "frontier.png"), args.title)
         if drawn < len(runs):
-            missing = [label for label, m in zip(labels, runs) if m.get("gen/kl") is None or m.get("gen/reward_mean") is None]
+            missing = [
+                label for label, m in zip(labels, runs) if m.get("gen/kl") is None or m.get("gen/reward_mean") is None
+            ]
             logger.warning("not in the plot (no gen/kl or gen/reward_mean): %s", ", ".join(missing))
-        logger.info("wrote %s and %s", os.path.join(args.output_dir, "compare.md"), os.path.join(args.output_dir, "frontier.png"))
+        logger.info(
+            "wrote %s and %s",
+            os.path.join(args.output_dir, "compare.md"),
+            os.path.join(args.output_dir, "frontier.png"),
+        )
     return dict(zip(labels, runs))

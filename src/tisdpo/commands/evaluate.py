@@ -84,9 +84,7 @@ def preference_metrics(
 
 def generation_flags_given(gen_args: GenerationArguments) -> list[str]:
     return [
-        f.name
-        for f in dataclasses.fields(gen_args)
-        if f.name != "generate" and getattr(gen_args, f.name) != f.default
+        f.name for f in dataclasses.fields(gen_args) if f.name != "generate" and getattr(gen_args, f.name) != f.default
     ]
 
 

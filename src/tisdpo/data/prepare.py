@@ -104,6 +104,7 @@ def prepare_pairs(
         "prompt_input_ids": [],
         "chosen_input_ids": [],
         "rejected_input_ids": [],
+        "length": [],  # longest sequence of the pair, for --group_by_length
     }
     found_weights: dict[str, list[list[float] | None]] = {side: [] for side in SIDES}
     dropped: list[int] = []
@@ -131,6 +132,7 @@ def prepare_pairs(
         columns["prompt_input_ids"].append(pair.prompt_ids)
         columns["chosen_input_ids"].append(pair.chosen_ids)
         columns["rejected_input_ids"].append(pair.rejected_ids)
+        columns["length"].append(len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids)))
     if dropped:
         logger.warning(
             "%s: dropped %d of %d pair(s) whose prompt leaves no room for completion tokens (max_length=%s, max_prompt_length=%s)",

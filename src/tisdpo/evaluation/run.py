@@ -79,7 +79,9 @@ class ModelSlot:
             torch.cuda.empty_cache()
 
 
-def scorer_factories(gen_args: GenerationArguments, model_args: ModelArguments, device: Any) -> list[Callable[[], Scorer]]:
+def scorer_factories(
+    gen_args: GenerationArguments, model_args: ModelArguments, device: Any
+) -> list[Callable[[], Scorer]]:
     """One factory per requested scorer; checks what is cheap to check before any generation."""
     common = {
         "dtype": model_args.dtype,
@@ -104,7 +106,9 @@ def scorer_factories(gen_args: GenerationArguments, model_args: ModelArguments, 
     return factories
 
 
-def baseline_pair_tokenizer(name: str, policy_names: tuple[str, ...], pair_tokenizer: PairTokenizer, data_args: DataArguments) -> PairTokenizer:
+def baseline_pair_tokenizer(
+    name: str, policy_names: tuple[str, ...], pair_tokenizer: PairTokenizer, data_args: DataArguments
+) -> PairTokenizer:
     """The baseline's own tokenizer when it has a different one, else the policy's."""
     if name in policy_names:
         return pair_tokenizer
@@ -304,7 +308,9 @@ def generate_shard(
         seed = sampling_seed(config.seed, role, state.process_index)
         pad_id = tok.tokenizer.pad_token_id
         return flatten(
-            sample_responses(model, ids, eos_ids=eos, pad_token_id=pad_id, seed=seed, desc=f"sampling ({role})", **sampling)
+            sample_responses(
+                model, ids, eos_ids=eos, pad_token_id=pad_id, seed=seed, desc=f"sampling ({role})", **sampling
+            )
         )
 
     policy_ids = sample(model_name, pair_tokenizer, shard_prompts, "policy")
@@ -313,10 +319,10 @@ def generate_shard(
     if ref_name == model_name:
         ref_logps = list(policy_logps)
     else:
-        ref_logps = sequence_logps(slot.get(ref_name), repeated_prompts, policy_ids, pad, desc="log-probs (reference)", **scoring)
-    baseline_ids = sample(
-        baseline_name, baseline_tokenizer, [baseline_prompt_ids[i] for i in shard], "baseline"
-    )
+        ref_logps = sequence_logps(
+            slot.get(ref_name), repeated_prompts, policy_ids, pad, desc="log-probs (reference)", **scoring
+        )
+    baseline_ids = sample(baseline_name, baseline_tokenizer, [baseline_prompt_ids[i] for i in shard], "baseline")
     baseline_eos = eos_token_ids(baseline_tokenizer.tokenizer, slot.model)
     slot.free()
 
@@ -363,7 +369,9 @@ def generate_shard(
     for factory in factories:
         scorer = factory()
         try:
-            both = scorer.score(prompts + prompts, [r["response"] for r in records] + [r["baseline_response"] for r in records])
+            both = scorer.score(
+                prompts + prompts, [r["response"] for r in records] + [r["baseline_response"] for r in records]
+            )
         finally:
             scorer.close()
         for key, values in both.items():
