@@ -8,7 +8,9 @@ itself. Generation stops at EOS (the tokenizer's EOS and any EOS of the model's 
 the returned ids of a response end with that EOS when one was generated.
 
 ``torch.manual_seed(seed)`` is called before each model's sampling, so a run is reproducible for a
-given seed, batch size and number of processes.
+given seed, batch size and number of processes (``tisdpo evaluate`` derives the seed from ``--seed``,
+the model's role, policy or baseline, and the process index, so that the policy's and the
+baseline's samples are independent draws even when both are the same model).
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ def _check_prompt(value: Any, field: str, source: str, where: str) -> str | list
         )
     if isinstance(value, str):
         return value
-    if is_conversation(value) and value:
+    if isinstance(value, list) and not value:
+        raise UserError("is an empty conversation", source=source, location=where, field=field)
+    if is_conversation(value):
         for turn, message in enumerate(value):
             if message.get("role") not in ROLES or not isinstance(message.get("content"), str):
                 raise UserError(

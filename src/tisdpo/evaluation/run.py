@@ -97,9 +97,12 @@ def scorer_factories(
     for path in (gen_args.reward_model_name_or_path, gen_args.safety_classifier_name_or_path):
         if path and looks_local(path):
             check_model_folder(path)
+    trust = {"trust_remote_code": model_args.trust_remote_code}
     if gen_args.reward_model_name_or_path:
+        RewardModelScorer.check(gen_args.reward_model_name_or_path, **trust)
         factories.append(lambda: RewardModelScorer(gen_args.reward_model_name_or_path, **common))
     if gen_args.safety_classifier_name_or_path:
+        SafetyClassifierScorer.check(gen_args.safety_classifier_name_or_path, safe_label=gen_args.safe_label, **trust)
         factories.append(
             lambda: SafetyClassifierScorer(gen_args.safety_classifier_name_or_path, gen_args.safe_label, **common)
         )
@@ -107,14 +110,18 @@ def scorer_factories(
 
 
 def baseline_pair_tokenizer(
-    name: str, policy_names: tuple[str, ...], pair_tokenizer: PairTokenizer, data_args: DataArguments
+    name: str,
+    policy_names: tuple[str, ...],
+    pair_tokenizer: PairTokenizer,
+    data_args: DataArguments,
+    trust_remote_code: bool = False,
 ) -> PairTokenizer:
     """The baseline's own tokenizer when it has a different one, else the policy's."""
     if name in policy_names:
         return pair_tokenizer
     try:
-        tokenizer = load_tokenizer(name)
-    except UserError:
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    except UserError:  # no tokenizer of its own: it shares the policy's
         return pair_tokenizer
     if tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(pair_tokenizer.tokenizer):
         return pair_tokenizer
@@ -185,7 +192,9 @@ def evaluate_generations(
     if not factories:
         logger.warning("no scorer given (--scorer, --reward_model_name_or_path ...): only KL and lengths are measured")
     texts, prompt_ids = encode_prompts(items, pair_tokenizer)
-    baseline_tokenizer = baseline_pair_tokenizer(baseline_name, (model_name, ref_name), pair_tokenizer, data_args)
+    baseline_tokenizer = baseline_pair_tokenizer(
+        baseline_name, (model_name, ref_name), pair_tokenizer, data_args, model_args.trust_remote_code
+    )
     baseline_prompt_ids = (
         prompt_ids if baseline_tokenizer is pair_tokenizer else encode_prompts(items, baseline_tokenizer)[1]
     )

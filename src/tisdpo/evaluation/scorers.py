@@ -152,6 +152,22 @@ def load_classifier(
     return model, tokenizer
 
 
+def classifier_config(
+    name_or_path: str, flag: str, trust_remote_code: bool = False, revision: str | None = None
+) -> Any:
+    """The model config alone (cheap), to check the head before any generation runs."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError, KeyError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = "" if trust_remote_code else " (models with their own code need --trust_remote_code)"
+        raise UserError(
+            f"could not read the config for --{flag}: {type(err).__name__}: {message}{hint}", source=name_or_path
+        ) from None
+
+
 class ClassifierScorer(Scorer):
     """Shared by the reward model and the safety classifier: batched logits of prompt + response."""
 
@@ -169,14 +185,22 @@ class ClassifierScorer(Scorer):
     ) -> None:
         self.name_or_path = name_or_path
         self.model, self.tokenizer = load_classifier(name_or_path, self.flag, dtype, trust_remote_code, revision)
-        self.check_head(self.model.config)
+        self.check_head(self.model.config, name_or_path)
         if device is not None:
             self.model.to(device)
         self.batch_size = batch_size
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None)
 
-    def check_head(self, config: Any) -> None:
+    @classmethod
+    def check_head(cls, config: Any, name_or_path: str) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def check(cls, name_or_path: str, trust_remote_code: bool = False, revision: str | None = None, **_: Any) -> Any:
+        """Check the head from the config alone; returns the config."""
+        config = classifier_config(name_or_path, cls.flag, trust_remote_code, revision)
+        cls.check_head(config, name_or_path)
+        return config
 
     def encode(self, prompt: ScoringPrompt, response: str) -> list[int]:
         tokenizer = self.tokenizer
@@ -221,13 +245,14 @@ class RewardModelScorer(ClassifierScorer):
     name = "reward_model"
     flag = "reward_model_name_or_path"
 
-    def check_head(self, config: Any) -> None:
+    @classmethod
+    def check_head(cls, config: Any, name_or_path: str) -> None:
         if config.num_labels != 1:
             raise UserError(
                 f"a reward model must have exactly one output (num_labels=1), this one has {config.num_labels} "
                 "(for a classifier with several labels use --safety_classifier_name_or_path)",
-                source=self.name_or_path,
-                field=self.flag,
+                source=name_or_path,
+                field=cls.flag,
             )
 
     def score(self, prompts: Sequence[ScoringPrompt], responses: Sequence[str]) -> Scores:
@@ -272,13 +297,27 @@ class SafetyClassifierScorer(ClassifierScorer):
         super().__init__(name_or_path, **kwargs)
         self.safe_index = resolve_label(self.model.config, safe_label, name_or_path)
 
-    def check_head(self, config: Any) -> None:
+    @classmethod
+    def check(
+        cls,
+        name_or_path: str,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        safe_label: str | None = None,
+        **_: Any,
+    ) -> Any:
+        config = super().check(name_or_path, trust_remote_code, revision)
+        resolve_label(config, safe_label, name_or_path)
+        return config
+
+    @classmethod
+    def check_head(cls, config: Any, name_or_path: str) -> None:
         if config.num_labels < 2:
             raise UserError(
                 f"a safety classifier needs several labels, this model has {config.num_labels} output "
                 "(for a one-output reward or cost model use --reward_model_name_or_path)",
-                source=self.name_or_path,
-                field=self.flag,
+                source=name_or_path,
+                field=cls.flag,
             )
 
     def score(self, prompts: Sequence[ScoringPrompt], responses: Sequence[str]) -> Scores:
