@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PeakMemory,
     base_parser,
+    busy_warning,
     describe_assets,
     load_model,
     load_tokenizer,
@@ -163,6 +164,8 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
         "--disable_tqdm", "true",
         "--seed", "0",
     ]  # fmt: skip
+    if config["lm_head_chunk_size"]:
+        argv += ["--lm_head_chunk_size", str(config["lm_head_chunk_size"])]
     model_args, data_args, train_config = parse_config(
         [ModelArguments, DataArguments, TisdpoConfig], argv, prog="tisdpo train"
     )
@@ -170,9 +173,7 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
     tokenizer = load_tokenizer_for(model_args)
     policy = load_policy(model_args, model_args.model_name_or_path)
     with PeakMemory() as memory:
-        pair_tokenizer = PairTokenizer(
-            tokenizer, data_args.max_length, data_args.max_prompt_length
-        )
+        pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
         train_dataset = load_pairs(
             data_args.dataset_name,
             data_args.dataset_split,
@@ -181,9 +182,7 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
             train_config.needs_weights,
             data_args.max_samples,
         )
-        if [list(x) for x in train_dataset["chosen_input_ids"]] != [
-            p["chosen_ids"] for p in config["pairs"]
-        ]:
+        if [list(x) for x in train_dataset["chosen_input_ids"]] != [p["chosen_ids"] for p in config["pairs"]]:
             raise RuntimeError("our trainer tokenized the pairs differently from TRL's input")
         start = time.perf_counter()
         (train_dataset,) = with_reference_logps(
@@ -191,9 +190,7 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
         )
         precompute = time.perf_counter() - start
         timer = step_timer()
-        trainer = PreferenceTrainer(
-            policy, train_config, tokenizer, train_dataset=train_dataset, callbacks=[timer]
-        )
+        trainer = PreferenceTrainer(policy, train_config, tokenizer, train_dataset=train_dataset, callbacks=[timer])
         trainer.train()
     return {
         "step_times": timed_steps(timer.times, config["warmup_steps"]),
@@ -226,11 +223,11 @@ def run_floor(config: dict[str, Any]) -> dict[str, Any]:
         for i, p in enumerate(config["pairs"])
     ]
     size = config["batch_size"]
-    batches = [
-        collator(features[start : start + size]) for start in range(0, len(features), size)
-    ]
+    batches = [collator(features[start : start + size]) for start in range(0, len(features), size)]
 
-    def completion_logits(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    chunk = config["floor_chunk"]
+
+    def completion_hidden(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         start, mask = batch["completion_start"], batch["completion_mask"]
         rows, positions = completion_positions(start, mask)
         used = int((start + mask.sum(-1)).max())
@@ -238,21 +235,28 @@ def run_floor(config: dict[str, Any]) -> dict[str, Any]:
         hidden = model.model(
             input_ids=input_ids, attention_mask=batch["attention_mask"][:, :used], use_cache=False
         ).last_hidden_state
-        logits = hidden[rows, positions] @ model.lm_head.weight.t()
-        return logits, input_ids[rows, positions + 1]
+        return hidden[rows, positions], input_ids[rows, positions + 1]
+
+    def head_loss(hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A sum of label logits; the LM head runs on ``chunk`` tokens at a time (0: all at once)."""
+        weight = model.lm_head.weight.t()
+        size = chunk or hidden.shape[0]
+        return sum(
+            (hidden[i : i + size] @ weight).gather(-1, labels[i : i + size, None]).sum()
+            for i in range(0, hidden.shape[0], size)
+        )
 
     train_times, reference_times = [], []
     model.train()
     with PeakMemory() as memory:
         for batch in batches[: config["total_steps"]]:
             start = time.perf_counter()
-            logits, labels = completion_logits(batch)
-            logits.gather(-1, labels[:, None]).sum().backward()
+            head_loss(*completion_hidden(batch)).backward()
             model.zero_grad(set_to_none=True)
             train_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             with torch.no_grad():
-                completion_logits(batch)
+                head_loss(*completion_hidden(batch))
             reference_times.append(time.perf_counter() - start)
     warmup = config["warmup_steps"]
     return {
@@ -266,9 +270,7 @@ def run_floor(config: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="Timed training steps.")
-    parser.add_argument(
-        "--warmup_steps", type=int, default=2, help="Steps run first and left out of timing."
-    )
+    parser.add_argument("--warmup_steps", type=int, default=2, help="Steps run first and left out of timing.")
     parser.add_argument("--batch_size", type=int, default=4, help="Pairs per step.")
     parser.add_argument(
         "--pairs",
@@ -280,6 +282,18 @@ def main() -> None:
     parser.add_argument("--max_prompt_length", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument(
+        "--lm_head_chunk_size",
+        type=int,
+        default=None,
+        help="Pass --lm_head_chunk_size to ours (default: our trainer's own default).",
+    )
+    parser.add_argument(
+        "--floor_chunk",
+        type=int,
+        default=128,
+        help="The floor applies the LM head to this many tokens at a time (0: all at once).",
+    )
     parser.add_argument(
         "--trl_gradient_checkpointing",
         action="store_true",
@@ -293,15 +307,14 @@ def main() -> None:
         help="Run only these contenders.",
     )
     args = parser.parse_args()
+    warning = busy_warning()
     data = require_data(args.data)
     assets = prepare_assets(data, args.cache_dir)
     tokenizer = load_tokenizer(assets.model_dirs[0])
     total_steps = args.warmup_steps + args.steps
     needed = total_steps * args.batch_size
     count = max(args.pairs or needed, needed)
-    rows, pairs = tokenizable_rows(
-        data, tokenizer, count, args.max_length, args.max_prompt_length
-    )
+    rows, pairs = tokenizable_rows(data, tokenizer, count, args.max_length, args.max_prompt_length)
 
     def sequence_tokens(pair: Any) -> int:  # real tokens of the chosen and the rejected sequence
         return 2 * len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
@@ -329,8 +342,7 @@ def main() -> None:
             "data_file": data_file,
             "output_dir": tmp,
             "pairs": [
-                {"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
-                for p in pairs
+                {"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in pairs
             ],
             "threads": args.threads,
             "batch_size": args.batch_size,
@@ -341,8 +353,12 @@ def main() -> None:
             "learning_rate": args.learning_rate,
             "beta": args.beta,
             "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
+            "lm_head_chunk_size": args.lm_head_chunk_size,
+            "floor_chunk": args.floor_chunk,
         }
         print(f"# Training step ({machine_line(args.threads)})\n")
+        if warning:
+            print(warning, "\n")
         print(describe_assets(assets))
         print(
             f"{len(pairs)} HH pairs, {args.batch_size} pairs a step, max_length {args.max_length}, "
@@ -368,7 +384,7 @@ def main() -> None:
         "trl": "(a) TRL DPOTrainer",
         "dpo": "(b) ours dpo",
         "tisdpo": "(c) ours tisdpo",
-        "floor": "(d) floor: policy fwd+bwd (+ ref fwd)",
+        "floor": f"(d) floor: policy fwd+bwd (+ ref fwd), head in blocks of {args.floor_chunk or 'all'} tokens",
     }
     table, summary = [], {}
     for name in ("trl", "dpo", "tisdpo", "floor"):
@@ -388,9 +404,7 @@ def main() -> None:
                 step,
                 min(result["step_times"]),
                 timed_tokens / args.steps / step,
-                result.get("precompute_seconds", 0.0)
-                if name != "floor"
-                else mean(result["reference_times"]),
+                result.get("precompute_seconds", 0.0) if name != "floor" else mean(result["reference_times"]),
                 total,
                 timed_tokens / args.steps / total,
                 result["peak_mib"],
@@ -438,9 +452,7 @@ def main() -> None:
                     "(target <= 1.3x)"
                 )
         if "trl" in summary:
-            print(
-                f"TRL: step / (floor fwd+bwd + ref fwd) = {summary['trl']['step'] / floor['total']:.2f}x"
-            )
+            print(f"TRL: step / (floor fwd+bwd + ref fwd) = {summary['trl']['step'] / floor['total']:.2f}x")
 
 
 if __name__ == "__main__":

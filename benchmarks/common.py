@@ -32,9 +32,7 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCH_DIR = Path(__file__).resolve().parent
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-)
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 DEFAULT_CACHE = BENCH_DIR / ".cache"
 
 # The model: a realistic vocabulary so that the LM head dominates, as it does for real models.
@@ -63,9 +61,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         default=DEFAULT_CACHE,
         help="Where the tokenizer and the tiny models are built once (default: %(default)s).",
     )
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch.set_num_threads in every contender."
-    )
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every contender.")
     return parser
 
 
@@ -166,9 +162,7 @@ def prepare_assets(data: Path, cache_dir: Path = DEFAULT_CACHE) -> Assets:
             )
             LlamaForCausalLM(config).save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
-        (root / "done").write_text(
-            json.dumps({"tokenizer_size": len(tokenizer), "vocab_size": VOCAB_SIZE})
-        )
+        (root / "done").write_text(json.dumps({"tokenizer_size": len(tokenizer), "vocab_size": VOCAB_SIZE}))
     return assets
 
 
@@ -305,6 +299,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def busy_warning() -> str | None:
+    """A note when other processes already keep the CPUs busy (timings will be noisy)."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        return (
+            f"WARNING: load average {load:.2f} before starting: other processes compete for the "
+            f"{os.cpu_count()} cores, so timings are noisy."
+        )
+    return None
 
 
 def machine_line(threads: int) -> str:

@@ -67,6 +67,11 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
 
 def run(argv: list[str]) -> None:
     options = parse_argv(argv)
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        # A 64-wide model is latency-bound: extra threads only spin against each other.
+        torch.set_num_threads(1)
     pipeline = build_pipeline(demo_recipe(options["quick"], options["output_dir"]))
     folders = run_pipeline(pipeline, options["dry_run"])
     if folders is None:

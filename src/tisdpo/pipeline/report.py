@@ -81,7 +81,9 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
             },
         }
     trained = [o for o in objectives if o != "sft"]
-    matched_kl = min((objectives[o]["kl_vs_sft"]["mean"] for o in trained), default=float("nan"))
+    # The largest KL that every run reaches, so each one's reward there is interpolated, not extrapolated.
+    final_kls = [max(p["gen/kl"] for p in curve) for o in trained for curve in runs[o].values() if curve]
+    matched_kl = min(final_kls, default=float("nan"))
     for objective in trained:
         values = []
         for seed, curve in runs[objective].items():
@@ -222,7 +224,8 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
         for stage in weight_stages:
             method = stage.removeprefix("weights_")
             rows = read_jsonl(os.path.join(ctx.inputs[stage], "weights.jsonl"))
-            if rows and "chosen_true_rewards" in rows[0]:
+            # Random weights keep the rewards they were drawn beside, so an AUC of those would mislead.
+            if rows and "chosen_true_rewards" in rows[0] and method != "random":
                 from tisdpo.demo.metrics import weight_auc
 
                 results["weight_auc"][method] = weight_auc(rows)
