@@ -131,3 +131,52 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     ref_logp = F.log_softmax(ref_logits.float(), -1)
     policy_logp = F.log_softmax(policy_logits.float(), -1)
     return (ref_logp.exp() * (ref_logp - policy_logp)).sum(-1)
+
+
+def dlma_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    scores: torch.Tensor,
+    beta: float,
+    gamma: float = 0.2,
+    clamp: float = 40.0,
+) -> torch.Tensor:
+    """DLMA: DPO with the self-rewarding score R as a margin (PAPER.md section 6).
+
+    ``loss = -log sigmoid(beta * (u - gamma * clamp(R, -c, c)))``, u the difference of summed log-ratios.
+    """
+    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios - gamma * scores.clamp(-clamp, clamp)))
+
+
+def sparsepo_loss(
+    chosen_token_logratios: torch.Tensor,
+    rejected_token_logratios: torch.Tensor,
+    chosen_masks: torch.Tensor,
+    rejected_masks: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    beta: float,
+    kl_coef: float = 0.0,
+    chosen_token_kl: torch.Tensor | None = None,
+    rejected_token_kl: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SparsePO: token masks m_t in [0, 1] weight the per-token rewards and KL terms.
+
+    ``u = sum_t m^w_t d_t(y_w) - sum_t m^l_t d_t(y_l)``
+    ``delta = kl_coef * (sum_t m^l_t KL_t(y_l) - stopgrad(sum_t m^w_t KL_t(y_w)))``
+    ``loss = -log sigmoid(beta * (u - delta))``
+
+    The same form as :func:`tisdpo_loss`, with masks (sparse, possibly learned) in place of weights.
+    """
+    return tisdpo_loss(
+        chosen_token_logratios,
+        rejected_token_logratios,
+        chosen_masks,
+        rejected_masks,
+        chosen_mask,
+        rejected_mask,
+        beta,
+        kl_coef=kl_coef,
+        chosen_token_kl=chosen_token_kl,
+        rejected_token_kl=rejected_token_kl,
+    )
