@@ -90,6 +90,7 @@ class CompletionLogps:
     mean_logits: torch.Tensor
     mask: torch.Tensor
     logits: torch.Tensor | None = None  # (N, V) at completion positions, only when asked for
+    hidden: torch.Tensor | None = None  # (N, H) final hidden states predicting each token, when asked for
 
 
 def completion_positions(completion_start: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,27 +142,40 @@ def completion_logps(
     path: str = "chunked",
     chunk_size: int = 1024,
     return_logits: bool = False,
+    return_hidden: bool = False,
 ) -> CompletionLogps:
-    """Log-probabilities of the completion tokens of a right-padded batch (see ``data.collate``)."""
+    """Log-probabilities of the completion tokens of a right-padded batch (see ``data.collate``).
+
+    ``return_hidden`` also returns the final hidden state that predicts each completion token
+    (what the LM head sees), e.g. for a learned token-mask head.
+    """
     rows, positions = completion_positions(completion_start, completion_mask)
     labels = input_ids[rows, positions + 1]
     # The last position any row needs; the rest is padding the model need not see.
     used = int((completion_start + completion_mask.sum(-1)).max())
     input_ids, attention_mask = input_ids[:, :used], attention_mask[:, :used]
+    hidden_at_completion = None
     if path == "chunked" and not return_logits and head_is_plain_linear(model):
         with head_as_identity(model) as head:
             hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        token_logps, mean_logits = ChunkedLinearLogProb.apply(hidden[rows, positions], head.weight, labels, chunk_size)
+        hidden_at_completion = hidden[rows, positions]
+        token_logps, mean_logits = ChunkedLinearLogProb.apply(hidden_at_completion, head.weight, labels, chunk_size)
         logits = None
     else:
         first = int(completion_start.min()) - 1
-        outputs = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            logits_to_keep=used - first,
-        )
+        captured: list[torch.Tensor] = []
+        head = unwrap(model).get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0])) if return_hidden else None
+        try:
+            outputs = model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=used - first
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         logits = outputs.logits[rows, positions - first]
+        if return_hidden:
+            hidden_at_completion = captured[0][rows, positions - first]
         token_logps, mean_logits = gather_label_logps(logits, labels, chunk_size)
     shape = completion_mask.shape
     logps = torch.zeros(shape, dtype=torch.float32, device=input_ids.device).masked_scatter(
@@ -170,4 +184,10 @@ def completion_logps(
     means = torch.zeros(shape, dtype=torch.float32, device=input_ids.device).masked_scatter(
         completion_mask, mean_logits
     )
-    return CompletionLogps(logps, means, completion_mask, logits if return_logits else None)
+    return CompletionLogps(
+        logps,
+        means,
+        completion_mask,
+        logits if return_logits else None,
+        hidden_at_completion if return_hidden else None,
+    )
