@@ -28,7 +28,21 @@ def sequence_logp(model, tokenizer, context: str, response: str) -> float:
 def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in toy_pairs(6, seed=4)])
     out = tmp_path / "dlma.jsonl"
-    dlma.run(["generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(prompts), "--output_file", str(out), "--max_new_tokens", "8", "--seed", "3"])
+    dlma.run(
+        [
+            "generate",
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--dataset_name",
+            str(prompts),
+            "--output_file",
+            str(out),
+            "--max_new_tokens",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert 1 <= len(rows) <= 6
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -36,15 +50,33 @@ def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_
     positive, negative = PRESETS["dlma_harmless"], PRESETS["dlma_harmful"]
     for row in rows:
         a1, a2, q = row["chosen"], row["rejected"], row["prompt"]
-        expected = (sequence_logp(model, tokenizer, positive.replace("{prompt}", q), a1) - sequence_logp(model, tokenizer, negative.replace("{prompt}", q), a1)) - (
-            sequence_logp(model, tokenizer, positive.replace("{prompt}", q), a2) - sequence_logp(model, tokenizer, negative.replace("{prompt}", q), a2)
+        expected = (
+            sequence_logp(model, tokenizer, positive.replace("{prompt}", q), a1)
+            - sequence_logp(model, tokenizer, negative.replace("{prompt}", q), a1)
+        ) - (
+            sequence_logp(model, tokenizer, positive.replace("{prompt}", q), a2)
+            - sequence_logp(model, tokenizer, negative.replace("{prompt}", q), a2)
         )
         assert row["dlma_score"] == pytest.approx(expected, abs=1e-3)
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert meta["method"] == "dlma" and meta["positive_prompt"]["name"] == "dlma_harmless"
     # a second run with the same seed gives the same pairs
     again = tmp_path / "again.jsonl"
-    dlma.run(["generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(prompts), "--output_file", str(again), "--max_new_tokens", "8", "--seed", "3"])
+    dlma.run(
+        [
+            "generate",
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--dataset_name",
+            str(prompts),
+            "--output_file",
+            str(again),
+            "--max_new_tokens",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     assert again.read_text() == out.read_text()
 
 
@@ -54,3 +86,101 @@ def test_dlma_margin_loss_hand_computed():
     out = dlma_loss(u_c, u_r, scores, beta=0.1, gamma=0.2, clamp=40.0)
     expected = [math.log1p(math.exp(-0.1 * (0.5 - 0.2 * 2.0))), math.log1p(math.exp(-0.1 * (-0.2 - 0.2 * -40.0)))]
     assert out.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dlma_pairs_train_with_the_margin_and_feed_weights(tiny_model_dir, tmp_path, capsys):
+    from tisdpo.cli import main
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in toy_pairs(16, seed=5)])
+    pairs = tmp_path / "dlma.jsonl"
+    assert (
+        main(
+            [
+                "dlma",
+                "generate",
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dataset_name",
+                str(prompts),
+                "--output_file",
+                str(pairs),
+                "--max_new_tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
+    common = ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--max_steps", "2", "--max_length", "64"]
+    assert (
+        main(
+            [
+                "train",
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dataset_name",
+                str(pairs),
+                "--loss_type",
+                "dlma",
+                "--output_dir",
+                str(tmp_path / "t"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    # "labels and weights without humans": the same file scores token weights and trains TIS-DPO
+    weights = tmp_path / "w.jsonl"
+    assert (
+        main(
+            [
+                "weights",
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--positive_prompt",
+                "dlma_harmless",
+                "--negative_prompt",
+                "dlma_harmful",
+                "--dataset_name",
+                str(pairs),
+                "--output_file",
+                str(weights),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dataset_name",
+                str(weights),
+                "--loss_type",
+                "tisdpo",
+                "--output_dir",
+                str(tmp_path / "tis"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    plain = write_jsonl(tmp_path / "plain.jsonl", toy_pairs(4))
+    assert (
+        main(
+            [
+                "train",
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dataset_name",
+                str(plain),
+                "--loss_type",
+                "dlma",
+                "--output_dir",
+                str(tmp_path / "x"),
+                *common,
+            ]
+        )
+        == 1
+    )
+    assert "needs a 'dlma_score' for every pair" in capsys.readouterr().err

@@ -30,7 +30,9 @@ def test_sparsepo_loss_with_fixed_masks_hand_computed():
     u = (0.4 + 0.5 * 0.3) - 0.5
     assert out.item() == pytest.approx(-logsig(0.2 * u), rel=1e-6)
     kl_c, kl_r = torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[0.4, 0.5, 0.6]])
-    out = losses.sparsepo_loss(d_c, d_r, m_c, m_r, full, full, beta=0.2, kl_coef=0.5, chosen_token_kl=kl_c, rejected_token_kl=kl_r)
+    out = losses.sparsepo_loss(
+        d_c, d_r, m_c, m_r, full, full, beta=0.2, kl_coef=0.5, chosen_token_kl=kl_c, rejected_token_kl=kl_r
+    )
     delta = 0.5 * 0.2 * ((0.5 + 0.6) - (0.1 + 0.5 * 0.3))
     assert out.item() == pytest.approx(-logsig(0.2 * u - delta), rel=1e-6)
 
@@ -52,3 +54,85 @@ def test_mask_head_starts_at_one_and_learns():
     assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters()))
     masks = sparsepo.learned_masks(head, hidden, mask)
     assert sparsepo.sparsity(masks, mask).mean().item() > 0.2  # exact zeros appear
+
+
+def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir, toy_data_files, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from tisdpo.cli import main
+
+    out = tmp_path / "sparsepo"
+    args = [
+        "train",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--dataset_name",
+        toy_data_files[0],
+        "--output_dir",
+        str(out),
+        "--loss_type",
+        "sparsepo",
+        "--sparsepo_mask",
+        "learned",
+    ]
+    args += [
+        "--max_steps",
+        "8",
+        "--learning_rate",
+        "5e-2",
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--max_length",
+        "64",
+    ]
+    assert main(args) == 0
+    weights = load_file(out / "model.safetensors")
+    assert (
+        weights["sparsepo_mask_head.proj.bias"].item() != 1.0
+        or weights["sparsepo_mask_head.proj.weight"].abs().sum() > 0
+    )
+    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
+    assert len(history) >= 8 and all(0.0 <= e["sparsity/chosen"] <= 1.0 for e in history)
+    assert 0.0 < history[-1]["masks/chosen_mean"] <= 1.0
+
+
+def test_reference_masks_train_and_report_sparsity(tiny_model_dir, toy_data_files, tmp_path):
+    import json
+
+    from tisdpo.cli import main
+
+    out = tmp_path / "sparsepo_ref"
+    args = [
+        "train",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--dataset_name",
+        toy_data_files[0],
+        "--output_dir",
+        str(out),
+        "--loss_type",
+        "sparsepo",
+        "--sparsepo_threshold",
+        "0.01",
+    ]
+    args += [
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--max_length",
+        "64",
+    ]
+    assert main(args) == 0
+    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
+    assert history and history[0]["sparsity/chosen"] > 0.0  # an untrained model finds many tokens unlikely

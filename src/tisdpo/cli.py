@@ -18,6 +18,7 @@ SUBCOMMANDS = {
         "tisdpo.pipeline.command",
         "the whole method from a recipe: SFT, contrastive pairs, weights, training, evaluation",
     ),
+    "dlma": ("tisdpo.commands.dlma", "DLMA: `tisdpo dlma generate` makes self-rewarded preference pairs"),
     "demo": ("tisdpo.demo.run", "the embedded ground-truth demo (tiny model, known token rewards)"),
 }
 

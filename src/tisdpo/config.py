@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from tisdpo.errors import UserError, did_you_mean
 
-LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "sft")
+LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "dlma", "sparsepo", "sft")
 REFERENCE_FREE_LOSSES = ("simpo", "sft")
 
 
@@ -107,6 +107,18 @@ class TisdpoConfig(TrainingArguments):
     )
     tdpo_alpha: float = field(default=0.5, metadata={"help": "TDPO2's alpha on the sequential KL term."})
     simpo_gamma_beta_ratio: float = field(default=0.5, metadata={"help": "SimPO margin gamma / beta."})
+    dlma_gamma: float = field(default=0.2, metadata={"help": "DLMA: weight gamma of the self-rewarding score margin."})
+    dlma_clamp: float = field(default=40.0, metadata={"help": "DLMA: the score is clamped to [-c, c]."})
+    sparsepo_mask: Literal["reference", "learned"] = field(
+        default="reference",
+        metadata={"help": "SparsePO masks: from the reference's token probabilities, or a learned head."},
+    )
+    sparsepo_threshold: float = field(
+        default=0.05, metadata={"help": "SparsePO reference masks: tokens with p_ref below this get mask 0."}
+    )
+    sparsepo_kl_coef: float = field(
+        default=0.0, metadata={"help": "SparsePO: coefficient of the masked sequential-KL term (0 = off)."}
+    )
     tisdpo_kl_coef: float = field(
         default=0.0,
         metadata={"help": "Coefficient of TIS-DPO's weighted sequential-KL term (0 = off, the default)."},
@@ -144,7 +156,7 @@ class TisdpoConfig(TrainingArguments):
         self.remove_unused_columns = False
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
-        if self.loss_type in ("tdpo1", "tdpo2") or self.tisdpo_kl_coef:
+        if self.needs_token_kl:
             self.precompute_ref_log_probs = False  # the KL terms need the full reference distribution
         super().__post_init__()
 
@@ -158,7 +170,11 @@ class TisdpoConfig(TrainingArguments):
 
     @property
     def needs_token_kl(self) -> bool:
-        return self.loss_type in ("tdpo1", "tdpo2") or (self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef))
+        return (
+            self.loss_type in ("tdpo1", "tdpo2")
+            or (self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef))
+            or (self.loss_type == "sparsepo" and bool(self.sparsepo_kl_coef))
+        )
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:

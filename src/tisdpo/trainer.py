@@ -15,9 +15,10 @@ import torch
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 
-from tisdpo import losses
+from tisdpo import losses, sparsepo
 from tisdpo.config import TisdpoConfig
 from tisdpo.data.collate import PreferenceCollator
+from tisdpo.errors import UserError
 from tisdpo.logprobs import CompletionLogps, completion_logps
 
 
@@ -34,6 +35,8 @@ class PreferenceTrainer(Trainer):
         ref_model: Any | None = None,
         **kwargs: Any,
     ) -> None:
+        if args.loss_type == "sparsepo" and args.sparsepo_mask == "learned":
+            sparsepo.attach_mask_head(model)  # before the optimizer is built, so the head trains too
         sides = ("chosen",) if args.loss_type == "sft" else ("chosen", "rejected")
         kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
@@ -81,7 +84,9 @@ class PreferenceTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- the step ---------------------------------------------------------------------------
-    def _logps(self, model: Any, inputs: dict[str, torch.Tensor], return_logits: bool) -> CompletionLogps:
+    def _logps(
+        self, model: Any, inputs: dict[str, torch.Tensor], return_logits: bool, return_hidden: bool = False
+    ) -> CompletionLogps:
         return completion_logps(
             model,
             inputs["input_ids"],
@@ -91,6 +96,7 @@ class PreferenceTrainer(Trainer):
             path=self.logprob_path,
             chunk_size=self.args.lm_head_chunk_size,
             return_logits=return_logits,
+            return_hidden=return_hidden,
         )
 
     def _reference_context(self, model: Any) -> contextlib.AbstractContextManager:
@@ -118,7 +124,8 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: Any = None,
     ):
         args = self.args
-        policy = self._logps(model, inputs, args.needs_token_kl)
+        learned_masks = args.loss_type == "sparsepo" and args.sparsepo_mask == "learned"
+        policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=learned_masks)
         mask = inputs["completion_mask"]
         if args.loss_type == "sft":
             loss = losses.sft_loss(policy.logps, mask)
@@ -211,6 +218,36 @@ class PreferenceTrainer(Trainer):
             record("weighted_rewards/margins", weighted_chosen - weighted_rejected)
             record("weights/chosen_mean", losses.masked_sum(weights[c], mask[c]), mask[c].sum())
             record("weights/rejected_mean", losses.masked_sum(weights[r], mask[r]), mask[r].sum())
+        elif args.loss_type == "dlma":
+            if "dlma_score" not in inputs:
+                raise UserError(
+                    "--loss_type dlma needs a 'dlma_score' for every pair (make the pairs with `tisdpo dlma generate`)"
+                )
+            per_pair = losses.dlma_loss(
+                chosen_logratios, rejected_logratios, inputs["dlma_score"], args.beta, args.dlma_gamma, args.dlma_clamp
+            )
+        elif args.loss_type == "sparsepo":
+            if args.sparsepo_mask == "learned":
+                head = getattr(self.accelerator.unwrap_model(model), sparsepo.HEAD_ATTRIBUTE)
+                masks = sparsepo.learned_masks(head, policy.hidden, mask)
+            else:
+                masks = sparsepo.reference_masks(ref_logps, mask, args.sparsepo_threshold)
+            per_pair = losses.sparsepo_loss(
+                token_logratios[c],
+                token_logratios[r],
+                masks[c],
+                masks[r],
+                mask[c],
+                mask[r],
+                args.beta,
+                kl_coef=args.sparsepo_kl_coef,
+                chosen_token_kl=None if token_kl is None else token_kl[c],
+                rejected_token_kl=None if token_kl is None else token_kl[r],
+            )
+            record("sparsity/chosen", sparsepo.sparsity(masks[c], mask[c]))
+            record("sparsity/rejected", sparsepo.sparsity(masks[r], mask[r]))
+            record("masks/chosen_mean", losses.masked_sum(masks[c].detach(), mask[c]), mask[c].sum())
+            record("masks/rejected_mean", losses.masked_sum(masks[r].detach(), mask[r]), mask[r].sum())
         else:
             raise ValueError(f"unknown loss_type {args.loss_type}")
         return per_pair.mean()

@@ -62,6 +62,8 @@ class PreferenceCollator:
             "completion_mask": torch.arange(max_completion)[None, :] < completion_lengths[:, None],
             "pair_index": torch.tensor([f["index"] for f in features], dtype=torch.long),
         }
+        if all("dlma_score" in f for f in features):
+            batch["dlma_score"] = torch.tensor([float(f["dlma_score"]) for f in features], dtype=torch.float32)
         for column, values in per_token.items():
             if len(values) == len(prompts):
                 batch[column] = pad_2d(values, max_completion, 0.0, torch.float32)

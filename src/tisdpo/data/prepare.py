@@ -107,6 +107,7 @@ def prepare_pairs(
         "length": [],  # longest sequence of the pair, for --group_by_length
     }
     found_weights: dict[str, list[list[float] | None]] = {side: [] for side in SIDES}
+    found_scores: list[Any] = []
     dropped: list[int] = []
     for position, row in enumerate(rows):
         index = row.get("source_index", position)
@@ -128,6 +129,7 @@ def prepare_pairs(
                     field=f"{side}_weights",
                 )
             found_weights[side].append(weights[side])
+        found_scores.append(row.get("dlma_score"))
         columns["index"].append(index)
         columns["prompt_input_ids"].append(pair.prompt_ids)
         columns["chosen_input_ids"].append(pair.chosen_ids)
@@ -147,6 +149,9 @@ def prepare_pairs(
             f"no pair left after truncation (all {len(rows)} dropped); raise --max_length or lower --max_prompt_length",
             source=records.source,
         )
+    # DLMA's self-rewarding score, when every pair has one (`tisdpo dlma generate` writes it).
+    if all(isinstance(score, int | float) and math.isfinite(score) for score in found_scores):
+        columns["dlma_score"] = [float(score) for score in found_scores]
     # Weights travel with the pairs when every pair has them (they are ignored by unweighted objectives).
     if all(w is not None for side in SIDES for w in found_weights[side]):
         for side in SIDES:
