@@ -219,12 +219,16 @@ class PreferenceTrainer(Trainer):
             record("weights/chosen_mean", losses.masked_sum(weights[c], mask[c]), mask[c].sum())
             record("weights/rejected_mean", losses.masked_sum(weights[r], mask[r]), mask[r].sum())
         elif args.loss_type == "dlma":
-            if "dlma_score" not in inputs:
+            if "dlma_score" in inputs:
+                scores = inputs["dlma_score"]
+            elif not self.model.training:  # held-out human-labelled pairs: no margin, the DPO loss
+                scores = torch.zeros_like(chosen_logratios)
+            else:
                 raise UserError(
                     "--loss_type dlma needs a 'dlma_score' for every pair (make the pairs with `tisdpo dlma generate`)"
                 )
             per_pair = losses.dlma_loss(
-                chosen_logratios, rejected_logratios, inputs["dlma_score"], args.beta, args.dlma_gamma, args.dlma_clamp
+                chosen_logratios, rejected_logratios, scores, args.beta, args.dlma_gamma, args.dlma_clamp
             )
         elif args.loss_type == "sparsepo":
             if args.sparsepo_mask == "learned":

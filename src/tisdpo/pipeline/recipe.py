@@ -44,6 +44,9 @@ class Recipe:
     )  # {P: {positive_prompt, negative_prompt}, S: {args}, D: {args}}
     weights: dict[str, Any] = field(default_factory=dict)  # flags for `tisdpo weights` (transform ...)
     random_weights: bool = True  # also train TIS-DPO with random weights (the paper's ablation)
+    dlma: dict[str, Any] | None = (
+        None  # {positive_prompt, negative_prompt, args}: self-rewarded pairs for objectives with `data: dlma`
+    )
     objectives: dict[str, dict[str, Any]] = field(default_factory=lambda: {"dpo": {"loss_type": "dpo"}})
     evaluate: dict[str, Any] | None = None  # {args: {...}, checkpoints: bool}
     report: bool = True
@@ -82,6 +85,13 @@ class Recipe:
                     f"objective '{name}' uses random weights: set random_weights and at least one contrastive method",
                     source=source,
                 )
+            if objective.get("data", "train") not in ("train", "dlma") or (
+                objective.get("data") == "dlma" and self.dlma is None
+            ):
+                raise UserError(
+                    f"objective '{name}' trains on data '{objective.get('data')}': use train, or dlma with a dlma section",
+                    source=source,
+                )
             if objective.get("loss_type") == "tisdpo" and source_name is None:
                 raise UserError(f"objective '{name}' is tisdpo and needs weights: P, S, D or random", source=source)
 
@@ -100,7 +110,7 @@ def to_flags(args: dict[str, Any]) -> list[str]:
 
 def invoke(command: str, args: dict[str, Any], launcher: str | None, stage: str) -> None:
     """Run one tisdpo command in-process or through the launcher; a failure names the stage."""
-    argv = [command, *to_flags(args)]
+    argv = [*command.split(), *to_flags(args)]
     if launcher:
         result = subprocess.run([*shlex.split(launcher), "-m", "tisdpo", *argv], check=False)
         code = result.returncode
@@ -189,6 +199,24 @@ class StageBuilder:
             )
             start = Ref("sft", "")
         weights = self._weights(start, data, train_common, common)
+        if recipe.dlma is not None:
+            spec = recipe.dlma
+            args = {
+                **common,
+                **spec.get("args", {}),
+                "positive_prompt": spec.get("positive_prompt", "dlma_harmless"),
+                "negative_prompt": spec.get("negative_prompt", "dlma_harmful"),
+            }
+            self.command_stage(
+                "dlma_pairs",
+                "dlma generate",
+                args,
+                {"model_name_or_path": start, "dataset_name": data["train"]},
+                "output_file",
+                "pairs.jsonl",
+                "DLMA: self-rewarded pairs sampled from the SFT model",
+            )
+            data = {**data, "dlma": Ref("dlma_pairs", "pairs.jsonl")}
         self._objectives(start, data, weights, train_common, common)
         return self.stages
 
@@ -296,8 +324,9 @@ class StageBuilder:
                 objective = dict(objective)
                 source = objective.pop("weights", None)
                 extra = objective.pop("args", {})
+                pairs = objective.pop("data", "train")
                 train_name = f"train_{name}_s{seed}"
-                dataset = weights[source] if source else data["train"]
+                dataset = weights[source] if source else data[pairs]
                 refs = {"model_name_or_path": start, "dataset_name": dataset}
                 if "eval" in data:
                     refs["eval_dataset_name"] = data["eval"]
