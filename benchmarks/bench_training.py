@@ -53,13 +53,19 @@ def step_timer() -> Any:
 
         def __init__(self) -> None:
             self.times: list[float] = []
-            self._start = 0.0
+            self.optimizer_times: list[float] = []  # optimizer step, scheduler, zero_grad
+            self._start = self._optimizer = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._start = time.perf_counter()
 
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self._optimizer = time.perf_counter()
+
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self._start)
+            now = time.perf_counter()
+            self.times.append(now - self._start)
+            self.optimizer_times.append(now - self._optimizer)
 
     return StepTimer()
 
@@ -129,6 +135,7 @@ def run_trl(config: dict[str, Any]) -> dict[str, Any]:
         trainer.train()
     return {
         "step_times": timed_steps(timer.times, config["warmup_steps"]),
+        "optimizer_times": timed_steps(timer.optimizer_times, config["warmup_steps"]),
         "peak_mib": memory.peak_mib,
         "precompute_seconds": 0.0,
         "settings": f"precompute_ref_log_probs={args.precompute_ref_log_probs}, "
@@ -154,7 +161,8 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
     from tisdpo.data.tokenize import PairTokenizer
     from tisdpo.trainer import PreferenceTrainer
 
-    out = f"{config['output_dir']}/ours-{loss_type}"
+    # A fresh folder every run: the reference cache must not be reused by a repeat.
+    out = tempfile.mkdtemp(prefix=f"ours-{loss_type}-", dir=config["output_dir"])
     argv = [
         "--model_name_or_path", config["model_dir"],
         "--dataset_name", config["data_file"],
@@ -204,6 +212,7 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
         trainer.train()
     return {
         "step_times": timed_steps(timer.times, config["warmup_steps"]),
+        "optimizer_times": timed_steps(timer.optimizer_times, config["warmup_steps"]),
         "peak_mib": memory.peak_mib,
         "precompute_seconds": precompute,
         "settings": f"precompute_ref_log_probs={train_config.precompute_ref_log_probs}, "
@@ -276,6 +285,19 @@ def run_floor(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one contender: each step's fastest time (the same batch every run), the
+    fastest precomputation, the largest peak memory and the busiest neighbourhood."""
+    combined = dict(runs[0])
+    for key in ("step_times", "reference_times", "optimizer_times"):
+        if key in combined:
+            combined[key] = [min(times) for times in zip(*(run[key] for run in runs))]
+    combined["precompute_seconds"] = min(run.get("precompute_seconds", 0.0) for run in runs)
+    combined["peak_mib"] = max(run["peak_mib"] for run in runs)
+    combined["others_cpu"] = max(run["others_cpu"] for run in runs)
+    return combined
+
+
 # -- main --------------------------------------------------------------------------------------
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
@@ -308,6 +330,13 @@ def main() -> None:
         "--trl_gradient_checkpointing",
         action="store_true",
         help="Run TRL with gradient checkpointing (TRL's DPOConfig default; off by default here).",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="Run every contender this many times (fresh processes); each step keeps its fastest "
+        "time, which filters out noise from other processes.",
     )
     parser.add_argument(
         "--tries",
@@ -381,17 +410,14 @@ def main() -> None:
             f"{len(pairs)} HH pairs, {args.batch_size} pairs a step, max_length {args.max_length}, "
             f"max_prompt_length {args.max_prompt_length}; {args.warmup_steps} warm-up + {args.steps} "
             f"timed steps ({timed_tokens} real tokens of chosen + rejected sequences in the timed "
-            f"steps, {timed_tokens / args.steps:.0f} a step)\n",
+            f"steps, {timed_tokens / args.steps:.0f} a step); each step's best of {args.repeats} runs\n",
             flush=True,
         )
         results: dict[str, dict[str, Any]] = {}
         for name in args.only:
-            if name == "trl":
-                results[name] = run_isolated(run_trl, config, tries=args.tries)
-            elif name == "floor":
-                results[name] = run_isolated(run_floor, config, tries=args.tries)
-            else:
-                results[name] = run_isolated(run_ours, config, name, tries=args.tries)
+            function, extra = {"trl": (run_trl, ()), "floor": (run_floor, ())}.get(name, (run_ours, (name,)))
+            runs = [run_isolated(function, config, *extra, tries=args.tries) for _ in range(args.repeats)]
+            results[name] = combine_runs(runs)
             print(f"  done: {name}", file=sys.stderr, flush=True)
 
     def mean(values: list[float]) -> float:
@@ -420,8 +446,10 @@ def main() -> None:
                 labels[name],
                 step,
                 min(result["step_times"]),
+                mean(result["optimizer_times"]) if "optimizer_times" in result else "-",
                 timed_tokens / args.steps / step,
-                result.get("precompute_seconds", 0.0) if name != "floor" else mean(result["reference_times"]),
+                "-" if name == "floor" else result["precompute_seconds"],
+                mean(result["reference_times"]) if name == "floor" else ("in step" if name == "trl" else "-"),
                 total,
                 timed_tokens / args.steps / total,
                 result["peak_mib"],
@@ -433,9 +461,11 @@ def main() -> None:
             [
                 "contender",
                 "step s (mean)",
-                "step s (min)",
+                "fastest step s",
+                "optimizer s/step",
                 "tokens/s",
-                "precompute s (floor: ref fwd s)",
+                "precompute s",
+                "ref fwd s/step",
                 "total s/step",
                 "total tokens/s",
                 "peak MiB",

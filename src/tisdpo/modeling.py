@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,35 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
     "adapter_model.safetensors",
 )
+
+
+_announced = False
+
+
+def distributed_state() -> Any:
+    """accelerate's ``PartialState``, on the CPU when ``ACCELERATE_USE_CPU`` is set (as the Trainer does).
+
+    ``PartialState()`` alone never forms a CPU (gloo) process group: under ``accelerate launch
+    --multi_gpu --num_processes N`` on a machine without GPUs and with ``ACCELERATE_USE_CPU=1``, every
+    process would think it is alone and do all the work. Commands that run no Trainer (weights,
+    generation) must ask for the state through here. The first call in a process fixes the state.
+    """
+    global _announced
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if not _announced:
+        _announced = True
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if state.num_processes > 1:
+            logger.info("process %d of %d (%s)", state.process_index, state.num_processes, state.distributed_type)
+        elif launched > 1:
+            logger.warning(
+                "launched as %d processes but this one runs alone: on a machine without GPUs set ACCELERATE_USE_CPU=1",
+                launched,
+            )
+    return state
 
 
 def looks_local(name_or_path: str) -> bool:
@@ -100,17 +131,36 @@ def load_causal_lm(
 
 
 def model_fingerprint_parts(name_or_path: str, model: Any) -> dict[str, Any]:
-    """What identifies a model's weights cheaply: file sizes and times of a local folder, else the hub commit."""
+    """What identifies a model's weights cheaply: file sizes and times of a local folder, else the hub commit.
+
+    A LoRA adapter folder also names its base model's files: the adapter alone does not fix the weights.
+    """
     parts: dict[str, Any] = {"name": name_or_path, "dtype": str(next(model.parameters()).dtype)}
     if os.path.isdir(name_or_path):
-        parts["files"] = sorted(
-            (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-            for entry in os.scandir(name_or_path)
-            if entry.is_file() and entry.name.endswith((".safetensors", ".bin", ".json"))
-        )
+        parts["files"] = folder_files(name_or_path)
+        base = adapter_base(name_or_path)
+        if base is not None:
+            parts["base"] = {"name": base, "files": folder_files(base)} if os.path.isdir(base) else {"name": base}
     else:
         parts["commit"] = getattr(model.config, "_commit_hash", None)
     return parts
+
+
+def folder_files(path: str) -> list[tuple[str, int, int]]:
+    return sorted(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in os.scandir(path)
+        if entry.is_file() and entry.name.endswith((".safetensors", ".bin", ".json"))
+    )
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model a local PEFT adapter folder was trained on (None for a full model or a hub id)."""
+    config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as handle:
+        return json.load(handle).get("base_model_name_or_path")
 
 
 def wrap_with_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: str) -> Any:
@@ -126,3 +176,112 @@ def wrap_with_lora(model: Any, r: int, alpha: int, dropout: float, target_module
     )
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def weights_materialized(model: Any) -> bool:
+    """False when this process does not hold the model's full weights: FSDP's CPU-RAM-efficient loading
+    (weights on rank 0 only, the meta device elsewhere until the Trainer broadcasts them) or ZeRO-3's
+    partitioned parameters. Such a model cannot run a forward pass before the Trainer prepares it."""
+    return not any(p.device.type == "meta" or hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def unsharded_loading() -> Iterator[None]:
+    """Models loaded in this block hold their full weights on every process, even under FSDP's
+    CPU-RAM-efficient loading or ZeRO-3 ``zero.Init``: for scoring done before the Trainer starts
+    (precomputed reference log-probs). The setting of each is restored afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    saved_env = os.environ.get(key)
+    saved_ds = hf_deepspeed._hf_deepspeed_config_weak_ref
+    saved_ds = saved_ds() if saved_ds is not None else None
+    os.environ[key] = "false"
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
+        if saved_ds is not None:
+            hf_deepspeed.set_hf_deepspeed_config(saved_ds)
+
+
+class AdapterView(torch.nn.Module):
+    """One named adapter of a PeftModel that holds several: a causal LM for scoring.
+
+    Each forward first activates its adapter, so two views share one copy of the base weights and
+    can be used one after the other (``tisdpo.scoring.score_sequences``, ``completion_logps``). The
+    shared model is ``.module``, which ``tisdpo.logprobs.unwrap`` follows to the base model's head.
+    """
+
+    def __init__(self, peft_model: Any, adapter_name: str) -> None:
+        super().__init__()
+        self.module = peft_model
+        self.adapter_name = adapter_name
+
+    @property
+    def config(self) -> Any:
+        return self.module.get_base_model().config
+
+    def get_output_embeddings(self) -> Any:
+        return self.module.get_base_model().get_output_embeddings()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.module.active_adapter != self.adapter_name:
+            self.module.set_adapter(self.adapter_name, inference_mode=True)
+        return self.module(*args, **kwargs)
+
+
+def same_base(first: str, second: str) -> bool:
+    if os.path.isdir(first) and os.path.isdir(second):
+        return os.path.realpath(first) == os.path.realpath(second)
+    return first == second
+
+
+def adapter_revision(path: str) -> str | None:
+    with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as handle:
+        return json.load(handle).get("revision")
+
+
+def load_contrastive_pair(
+    positive: str,
+    negative: str,
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> tuple[Any, Any]:
+    """The two models of a contrastive pair (methods S and D), as (positive, negative).
+
+    When both are local PEFT adapter folders trained on the same base model, the base is loaded
+    once with both adapters (named ``positive`` and ``negative``) and each side is an
+    :class:`AdapterView` of it: one copy of the base weights in memory, both scored in one process.
+    Otherwise each is loaded on its own with :func:`load_causal_lm` (an adapter is merged into its base).
+    """
+    bases = adapter_base(positive), adapter_base(negative)
+    if (
+        bases[0] is None
+        or bases[1] is None
+        or not same_base(bases[0], bases[1])
+        or adapter_revision(positive) != adapter_revision(negative)
+    ):
+        options = (dtype, attn_implementation, trust_remote_code, revision)
+        return load_causal_lm(positive, *options), load_causal_lm(negative, *options)
+    base_revision = adapter_revision(positive) or revision
+    base = load_causal_lm(bases[0], dtype, attn_implementation, trust_remote_code, base_revision)
+    try:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, positive, adapter_name="positive", is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"could not load the adapter: {type(err).__name__}: {err}", source=positive) from None
+    try:
+        model.load_adapter(negative, adapter_name="negative", is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"could not load the adapter: {type(err).__name__}: {err}", source=negative) from None
+    model.eval()
+    logger.info("one base model %s with the adapters %s (positive) and %s (negative)", bases[0], positive, negative)
+    return AdapterView(model, "positive"), AdapterView(model, "negative")

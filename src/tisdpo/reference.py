@@ -122,15 +122,21 @@ def add_reference_logps(
     """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns (cached).
 
     Under ``accelerate launch`` each process scores every world_size-th row and the results are
-    gathered, so the work is done once across processes.
+    gathered, so the work is done once across processes; the main process writes the cache file.
+    The processes agree on whether the cache is usable (each must see the file; e.g. nodes without a
+    shared cache folder all score again), so no process waits in a gather the others skip.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    from tisdpo.modeling import distributed_state
+
+    state = distributed_state()
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, reference_fingerprint(model_parts, dataset, logprob_path) + ".safetensors")
-    if os.path.exists(path):
+    visible = os.path.exists(path)
+    if state.num_processes > 1:
+        visible = all(gather_object([visible]))
+    if visible:
         logger.info("reusing cached reference log-probs %s", path)
         logps = load_cache(path)
     else:
@@ -154,6 +160,7 @@ def add_reference_logps(
         if state.is_main_process:
             os.makedirs(cache_dir, exist_ok=True)
             save_cache(path, logps)
+            logger.info("cached reference log-probs of %d pairs in %s", len(logps), path)
         state.wait_for_everyone()
     return dataset.add_column("ref_chosen_logps", [c for c, _ in logps]).add_column(
         "ref_rejected_logps", [r for _, r in logps]

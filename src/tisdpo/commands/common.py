@@ -10,7 +10,14 @@ from tisdpo.data.formats import FormatOptions, load_preference_rows
 from tisdpo.data.prepare import prepare_pairs
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError
-from tisdpo.modeling import load_causal_lm, load_tokenizer, model_fingerprint_parts
+from tisdpo.modeling import (
+    distributed_state,
+    load_causal_lm,
+    load_contrastive_pair,
+    load_tokenizer,
+    model_fingerprint_parts,
+    weights_materialized,
+)
 from tisdpo.reference import add_reference_logps
 from tisdpo.weights.io import check_tokenizer
 
@@ -78,6 +85,18 @@ def load_model(model_args: ModelArguments, name: str) -> Any:
     )
 
 
+def load_model_pair(model_args: ModelArguments, positive: str, negative: str) -> tuple[Any, Any]:
+    """The contrastive pair of ``tisdpo weights`` (S, D): two LoRA adapters on one base share it."""
+    return load_contrastive_pair(
+        positive,
+        negative,
+        model_args.dtype,
+        model_args.attn_implementation,
+        model_args.trust_remote_code,
+        model_args.revision,
+    )
+
+
 def with_reference_logps(
     datasets: list[Any],
     model: Any,
@@ -86,10 +105,17 @@ def with_reference_logps(
     config: TisdpoConfig,
     reference_context: Any = None,
 ) -> list[Any]:
-    """Attach precomputed reference log-probs (cached) to every dataset in the list."""
-    from accelerate import PartialState
+    """Attach precomputed reference log-probs (cached) to every dataset in the list.
 
-    model.to(PartialState().device)
+    ``model`` must hold its full weights on every process (see ``modeling.unsharded_loading``).
+    """
+    if not weights_materialized(model):
+        raise UserError(
+            f"{model_name}: its weights are sharded across processes (FSDP CPU-RAM-efficient loading or ZeRO-3) "
+            "before training starts, so reference log-probs cannot be precomputed with it; "
+            "load it within tisdpo.modeling.unsharded_loading()"
+        )
+    model.to(distributed_state().device)
     parts = model_fingerprint_parts(model_name, model)
     kwargs = {"reference_context": reference_context} if reference_context is not None else {}
     return [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+from typing import Any
 
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -17,11 +19,37 @@ from tisdpo.commands.common import (
 )
 from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
 from tisdpo.data.tokenize import PairTokenizer
-from tisdpo.modeling import wrap_with_lora
+from tisdpo.modeling import distributed_state, unsharded_loading, weights_materialized, wrap_with_lora
 from tisdpo.trainer import PreferenceTrainer
 from tisdpo.utils import write_json
 
 logger = logging.getLogger(__name__)
+
+
+def precompute_reference(
+    model_args: ModelArguments,
+    model_name: str,
+    policy: Any,
+    tokenizer: Any,
+    config: TisdpoConfig,
+    datasets: list[Any],
+) -> list[Any]:
+    """Attach reference log-probs to the datasets, holding no reference model afterwards.
+
+    The reference is ``--ref_model_name_or_path`` if given, else the policy's starting weights: the
+    policy itself (with PEFT, with its adapter disabled). When the policy's weights are sharded at
+    load (FSDP CPU-RAM-efficient loading, ZeRO-3), a full copy is loaded for the scoring and freed.
+    """
+    ref_name = model_args.ref_model_name_or_path
+    if ref_name or not weights_materialized(policy):
+        with unsharded_loading():
+            reference = load_model(model_args, ref_name or model_name)
+        datasets = with_reference_logps(datasets, reference, ref_name or model_name, tokenizer, config)
+        del reference
+        gc.collect()
+        return datasets
+    context = policy.disable_adapter if model_args.use_peft else None
+    return with_reference_logps(datasets, policy, model_name, tokenizer, config, context)
 
 
 def run(argv: list[str]) -> dict[str, float]:
@@ -31,6 +59,7 @@ def run(argv: list[str]) -> dict[str, float]:
     model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo train")
     dataset_name = require(data_args.dataset_name, "dataset_name", "tisdpo train")
     set_seed(config.seed)
+    distributed_state()  # the Trainer's process group (config made it); logs this process's rank
 
     tokenizer = load_tokenizer_for(model_args)
     pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
@@ -68,24 +97,19 @@ def run(argv: list[str]) -> dict[str, float]:
     ref_model = None
     if config.needs_reference:
         if config.precompute_ref_log_probs:
-            if model_args.ref_model_name_or_path:
-                reference = load_model(model_args, model_args.ref_model_name_or_path)
-                train_dataset, eval_dataset = with_reference_logps(
-                    [train_dataset, eval_dataset],
-                    reference,
-                    model_args.ref_model_name_or_path,
-                    tokenizer,
-                    config,
-                )
-                del reference
-            else:
-                context = policy.disable_adapter if model_args.use_peft else None
-                train_dataset, eval_dataset = with_reference_logps(
-                    [train_dataset, eval_dataset], policy, model_name, tokenizer, config, context
-                )
+            train_dataset, eval_dataset = precompute_reference(
+                model_args, model_name, policy, tokenizer, config, [train_dataset, eval_dataset]
+            )
         elif model_args.ref_model_name_or_path or not model_args.use_peft:
+            # With PEFT and no reference model the reference is the policy with its adapter disabled.
             ref_model = load_model(model_args, model_args.ref_model_name_or_path or model_name)
 
+    if config.ddp_find_unused_parameters is None and config.logprob_path == "chunked":
+        # The chunked log-prob path applies the LM head after the model's forward. DDP's search for
+        # unused parameters (transformers' default) would mark the head's weight ready at the end of
+        # the forward and again when its gradient arrives ("marked as ready twice"). Every parameter
+        # of a causal LM is used in every step, so the search is not needed.
+        config.ddp_find_unused_parameters = False
     trainer = PreferenceTrainer(
         policy,
         config,
