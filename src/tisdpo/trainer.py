@@ -1,29 +1,89 @@
 """``PreferenceTrainer``: a transformers.Trainer whose step is a preference (or SFT) objective.
 
 The loop, checkpoints, resume, gradient accumulation, mixed precision, report_to and the
-accelerate / DeepSpeed / FSDP integration all come from ``transformers.Trainer``; this class only
-computes the loss and the TRL-named metrics.
+accelerate / DeepSpeed / FSDP integration all come from ``transformers.Trainer``; this class
+computes the loss and the TRL-named metrics, and adds three guarantees:
+
+* numerical guards: a non-finite loss, or a non-finite gradient norm at an optimizer step, stops the
+  run with the step, the pairs and a hint (or, with ``--skip_nonfinite_batches``, the step is
+  skipped: no parameter moves, and ``nonfinite_batches_skipped`` counts it in the logs);
+* atomic checkpoints: a checkpoint is written in ``OUTPUT_DIR/.tmp-checkpoint/`` and renamed to
+  ``checkpoint-N`` when complete, so a killed run never leaves a ``checkpoint-N`` that a resume
+  would trust half-written; the final model's files are staged the same way and moved in one by one;
+* a resume checkpoint without a readable ``trainer_state.json`` (left by another tool, or a copy
+  cut short) is passed over for the last complete one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
+import re
+import shutil
 from collections import defaultdict
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from tisdpo import losses, sparsepo
 from tisdpo.config import TisdpoConfig
 from tisdpo.data.collate import PreferenceCollator
 from tisdpo.errors import UserError
 from tisdpo.logprobs import CompletionLogps, completion_logps
+from tisdpo.utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_STAGING = ".tmp-checkpoint"  # checkpoints are written here, then renamed to checkpoint-N
+MODEL_STAGING = ".tmp-model"  # the final model's files are written here, then moved into output_dir
+TRAINER_STATE = "trainer_state.json"
+NONFINITE_HINT = (
+    "check these pairs' data and token weights (huge weights overflow), lower --learning_rate, keep "
+    "--max_grad_norm on, or pass --skip_nonfinite_batches true to skip such batches"
+)
+NONFINITE_EVAL_HINT = "check these pairs' data and token weights, and the model's own weights"
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError):
+    """A non-finite loss or gradient: the CLI prints it as one line (step, pairs, hint) and exits 1."""
+
+
+def _pairs_text(indices: list[int], limit: int = 16) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    more = f", ... ({len(indices)} pairs)" if len(indices) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def checkpoint_is_complete(path: str) -> bool:
+    """A checkpoint folder whose trainer state (written last) is present and readable."""
+    try:
+        with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The highest-step ``checkpoint-N`` of ``folder`` that is complete (None when there is none)."""
+    if not os.path.isdir(folder):
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(folder) if (m := pattern.match(name))),
+        reverse=True,
+    )
+    for _, name in steps:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and checkpoint_is_complete(path):
+            return path
+    return None
 
 
 class PreferenceTrainer(Trainer):
@@ -56,16 +116,44 @@ class PreferenceTrainer(Trainer):
             "train": defaultdict(lambda: [0.0, 0.0]),
             "eval": defaultdict(lambda: [0.0, 0.0]),
         }
+        # Per-pair metrics of the batch being computed; added to _metric_sums only if its loss is finite.
+        self._batch_metrics: dict[str, list[torch.Tensor]] | None = None
+        # Numerical guards: the pairs of the optimizer step in progress, and what went wrong in it.
+        self._step_pairs: list[torch.Tensor] = []
+        self._step_nonfinite_loss: str | None = None
+        self.nonfinite_batches_skipped = 0
+        self._checkpoint_staging: str | None = None
 
     # -- metrics ----------------------------------------------------------------------------
-    def _record(self, name: str, values: torch.Tensor, counts: torch.Tensor | float | None = None) -> None:
-        """Accumulate a sum (and a count) so that logged metrics are exact means over pairs."""
-        mode = "train" if self.model.training else "eval"
-        entry = self._metric_sums[mode][name]
-        entry[0] += float(values.detach().float().sum())
-        entry[1] += float(
-            values.numel() if counts is None else (counts.sum() if isinstance(counts, torch.Tensor) else counts)
-        )
+    def _record(self, name: str, values: torch.Tensor, counts: torch.Tensor | None = None) -> None:
+        """Accumulate one value (and one count, default 1) per pair so that logged metrics are exact means."""
+        values = values.detach().double()
+        counts = torch.ones_like(values) if counts is None else counts.detach().double().expand_as(values)
+        if self._batch_metrics is None:  # outside compute_loss
+            self._add_metrics({name: [values, counts]}, self.model.training)
+            return
+        entry = self._batch_metrics.setdefault(name, [torch.zeros_like(values), torch.zeros_like(values)])
+        entry[0] += values
+        entry[1] += counts
+
+    def _add_metrics(self, batch_metrics: dict[str, list[torch.Tensor]], training: bool) -> None:
+        """Add a batch's per-pair metrics to the sums that ``log`` turns into means.
+
+        Evaluation values are first gathered over processes with ``gather_for_metrics``, which drops
+        the pairs accelerate repeats to even out the last batches across processes: every held-out
+        pair counts once, and the evaluation sums are already over all processes.
+        """
+        if not batch_metrics:
+            return
+        names = list(batch_metrics)
+        table = torch.stack([column for name in names for column in batch_metrics[name]], dim=1)
+        if not training:
+            table = self.accelerator.gather_for_metrics(table)
+        totals = table.sum(0).tolist()
+        sums = self._metric_sums["train" if training else "eval"]
+        for k, name in enumerate(names):
+            sums[name][0] += totals[2 * k]
+            sums[name][1] += totals[2 * k + 1]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Evaluation logs carry "<prefix>_loss" (eval_loss, or test_loss for metric_key_prefix="test").
@@ -75,12 +163,15 @@ class PreferenceTrainer(Trainer):
         if sums:
             names = sorted(sums)
             totals = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=self.accelerator.device)
-            totals = self.accelerator.reduce(totals, reduction="sum")
+            if mode == "train":  # evaluation sums are already over all processes (_add_metrics)
+                totals = self.accelerator.reduce(totals, reduction="sum")
             prefix = eval_prefix or ""
             for name, (total, count) in zip(names, totals.tolist()):
                 if count > 0:
                     logs[prefix + name] = total / count
             sums.clear()
+        if mode == "train" and self.args.skip_nonfinite_batches:
+            logs["nonfinite_batches_skipped"] = self.nonfinite_batches_skipped
         super().log(logs, start_time)
 
     # -- the step ---------------------------------------------------------------------------
@@ -124,24 +215,190 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: Any = None,
     ):
         args = self.args
-        learned_masks = args.loss_type == "sparsepo" and args.sparsepo_mask == "learned"
-        policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=learned_masks)
-        mask = inputs["completion_mask"]
-        if args.loss_type == "sft":
-            loss = losses.sft_loss(policy.logps, mask)
-            self._record("logps/chosen", losses.masked_sum(policy.logps, mask))
-        else:
-            loss = self._preference_loss(model, inputs, policy)
+        training = self.model.training
+        self._batch_metrics = {}
+        try:
+            learned_masks = args.loss_type == "sparsepo" and args.sparsepo_mask == "learned"
+            policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=learned_masks)
+            mask = inputs["completion_mask"]
+            if args.loss_type == "sft":
+                loss = losses.sft_loss(policy.logps, mask)
+                self._record("logps/chosen", losses.masked_sum(policy.logps, mask))
+                if not training:  # eval_loss: the NLL per completion token over the whole set
+                    self._record("loss", -losses.masked_sum(policy.logps, mask), mask.sum(-1))
+            else:
+                per_pair = self._preference_loss(model, inputs, policy)
+                loss = per_pair.mean()
+                if not training:  # eval_loss: the mean over the pairs of the whole set
+                    self._record("loss", per_pair)
+            batch_metrics = self._batch_metrics
+        finally:
+            self._batch_metrics = None
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.state.global_step} on pairs {inputs['pair_index'].tolist()}; "
-                "check the data and weights of these pairs, or lower the learning rate"
-            )
-        if not self.model.training:  # exact eval_loss: a mean over pairs, whatever the batch sizes
-            self._record("loss", loss.detach().expand(inputs["pair_index"].shape[0]))
+            pairs = _pairs_text(inputs["pair_index"].tolist())
+            if not training:
+                raise NonFiniteLossError(
+                    f"non-finite evaluation loss ({loss.item()}) after step {self.state.global_step} "
+                    f"on pairs {pairs}; {NONFINITE_EVAL_HINT}"
+                )
+            step = self.state.global_step + 1
+            what = f"non-finite loss ({loss.item()}) at step {step} on pairs {pairs}"
+            deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+            if not args.skip_nonfinite_batches or deepspeed:  # DeepSpeed steps inside backward: no skipping
+                raise NonFiniteLossError(f"{what}; {NONFINITE_HINT}")
+            # Skipped at the optimizer step (see _check_step): its gradients are dropped, whatever they are.
+            self._step_nonfinite_loss = self._step_nonfinite_loss or what
+        else:
+            self._add_metrics(batch_metrics, training)
         return (loss, {}) if return_outputs else loss
 
+    # -- numerical guards -------------------------------------------------------------------
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """Transformers' step (forward, backward), then, on the micro-batch that ends an optimizer step
+        (gradient accumulation), the check of the loss and of the gradient before the optimizer moves."""
+        self._step_pairs.append(inputs["pair_index"])
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            try:
+                self._check_step(model)
+            finally:
+                self._step_pairs = []
+                self._step_nonfinite_loss = None
+        return loss
+
+    def _check_step(self, model: Any) -> None:
+        """Stop (or skip the step) when this step's loss or gradient norm is not finite.
+
+        The gradients are checked after the last backward of the step, before clipping and the
+        optimizer: under DDP they are already averaged over processes; the decision is reduced over
+        processes anyway (sharded gradients under FSDP), so every process stops or skips together.
+        Under fp16 the gradient scaler already skips steps with inf/NaN gradients (part of its loss
+        scaling), and under DeepSpeed the optimizer steps inside backward; there only the loss is checked.
+        """
+        problem = self._step_nonfinite_loss
+        norm = None
+        check_grads = self.accelerator.scaler is None and self.accelerator.distributed_type != DistributedType.DEEPSPEED
+        if check_grads:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grads = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+            if grads:
+                norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads])
+                )
+        flags = torch.tensor(
+            [float(problem is not None), 0.0 if norm is None else float(not torch.isfinite(norm))],
+            device=self.accelerator.device,
+        )
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        bad_loss, bad_grad = (bool(v > 0) for v in flags.tolist())
+        if not bad_loss and not bad_grad:
+            return
+        step = self.state.global_step + 1
+        if problem is None and bad_grad:
+            pairs = _pairs_text(torch.cat([p.reshape(-1) for p in self._step_pairs]).tolist())
+            value = f" (gradient norm {norm.item()})" if norm is not None and not torch.isfinite(norm) else ""
+            problem = f"non-finite gradient{value} at step {step} on pairs {pairs}"
+        elif problem is None:
+            problem = f"non-finite loss on another process at step {step}"
+        if not self.args.skip_nonfinite_batches:
+            raise NonFiniteLossError(f"{problem}; {NONFINITE_HINT}")
+        # Skip: no gradient at all, so the optimizer leaves every parameter (and its own state) as it is.
+        model.zero_grad(set_to_none=True)
+        self.nonfinite_batches_skipped += 1
+        logger.warning("skipped the batch of step %d: %s", step, problem)
+
+    # -- checkpoints, resume and the final save -----------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str):
+            if not os.path.isdir(resume_from_checkpoint):
+                raise UserError("checkpoint folder not found", source=resume_from_checkpoint)
+            if not checkpoint_is_complete(resume_from_checkpoint):
+                fallback = last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))
+                logger.warning(
+                    "%s is incomplete (no readable %s: a save cut short?); %s",
+                    resume_from_checkpoint,
+                    TRAINER_STATE,
+                    f"resuming from {fallback} instead" if fallback else "starting from the beginning",
+                )
+                resume_from_checkpoint = fallback
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if self.args.skip_nonfinite_batches:
+            result.metrics["nonfinite_batches_skipped"] = self.nonfinite_batches_skipped
+        return result
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Transformers' checkpoint, written in a staging folder and renamed to ``checkpoint-N`` when complete."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, CHECKPOINT_STAGING)
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.exists(staged):
+            shutil.rmtree(staged)  # left by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_staging = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states ...)
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE))
+            if os.path.isdir(final):
+                shutil.rmtree(final)  # an older or incomplete checkpoint of the same step
+            os.replace(staged, final)
+            with contextlib.suppress(OSError):
+                os.rmdir(staging_root)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (and tokenizer) so that every file in ``output_dir`` is complete.
+
+        Checkpoints are staged by ``_save_checkpoint``. A final save is written in a staging folder
+        and each file is then moved in with an atomic rename: a kill leaves either the previous
+        file or the new one, never a truncated one.
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if _internal_call or self._checkpoint_staging is not None:
+            super().save_model(output_dir, _internal_call)
+            return
+        staging = os.path.join(output_dir, MODEL_STAGING)
+        if self.args.should_save and os.path.exists(staging):
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        super().save_model(staging, _internal_call)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save and os.path.isdir(staging):
+            for name in sorted(os.listdir(staging)):
+                target = os.path.join(output_dir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_state(self) -> None:
+        """``trainer_state.json`` of the finished run, written atomically."""
+        if not self.is_world_process_zero():
+            return
+        with atomic_path(os.path.join(self.args.output_dir, TRAINER_STATE)) as tmp:
+            self.state.save_to_json(tmp)
+
     def _preference_loss(self, model: Any, inputs: dict[str, torch.Tensor], policy: CompletionLogps) -> torch.Tensor:
+        """The loss of each pair of the batch (their mean is the step's loss); records the metrics."""
         args = self.args
         mask = inputs["completion_mask"]
         pairs = inputs["pair_index"].shape[0]
@@ -150,8 +407,8 @@ class PreferenceTrainer(Trainer):
         record = self._record
         record("logps/chosen", losses.masked_sum(logps[c], mask[c]))
         record("logps/rejected", losses.masked_sum(logps[r], mask[r]))
-        record("logits/chosen", losses.masked_sum(policy.mean_logits[c], mask[c]), mask[c].sum())
-        record("logits/rejected", losses.masked_sum(policy.mean_logits[r], mask[r]), mask[r].sum())
+        record("logits/chosen", losses.masked_sum(policy.mean_logits[c], mask[c]), mask[c].sum(-1))
+        record("logits/rejected", losses.masked_sum(policy.mean_logits[r], mask[r]), mask[r].sum(-1))
 
         if args.loss_type == "simpo":
             chosen_avg, rejected_avg = (
@@ -159,7 +416,7 @@ class PreferenceTrainer(Trainer):
                 losses.masked_mean(logps[r], mask[r]),
             )
             self._record_rewards(args.beta * chosen_avg, args.beta * rejected_avg)
-            return losses.simpo_loss(chosen_avg, rejected_avg, args.beta, args.simpo_gamma_beta_ratio).mean()
+            return losses.simpo_loss(chosen_avg, rejected_avg, args.beta, args.simpo_gamma_beta_ratio)
 
         reference = None
         if "ref_logps" in inputs:
@@ -216,8 +473,8 @@ class PreferenceTrainer(Trainer):
             record("weighted_rewards/chosen", weighted_chosen)
             record("weighted_rewards/rejected", weighted_rejected)
             record("weighted_rewards/margins", weighted_chosen - weighted_rejected)
-            record("weights/chosen_mean", losses.masked_sum(weights[c], mask[c]), mask[c].sum())
-            record("weights/rejected_mean", losses.masked_sum(weights[r], mask[r]), mask[r].sum())
+            record("weights/chosen_mean", losses.masked_sum(weights[c], mask[c]), mask[c].sum(-1))
+            record("weights/rejected_mean", losses.masked_sum(weights[r], mask[r]), mask[r].sum(-1))
         elif args.loss_type == "dlma":
             if "dlma_score" in inputs:
                 scores = inputs["dlma_score"]
@@ -250,11 +507,11 @@ class PreferenceTrainer(Trainer):
             )
             record("sparsity/chosen", sparsepo.sparsity(masks[c], mask[c]))
             record("sparsity/rejected", sparsepo.sparsity(masks[r], mask[r]))
-            record("masks/chosen_mean", losses.masked_sum(masks[c].detach(), mask[c]), mask[c].sum())
-            record("masks/rejected_mean", losses.masked_sum(masks[r].detach(), mask[r]), mask[r].sum())
+            record("masks/chosen_mean", losses.masked_sum(masks[c].detach(), mask[c]), mask[c].sum(-1))
+            record("masks/rejected_mean", losses.masked_sum(masks[r].detach(), mask[r]), mask[r].sum(-1))
         else:
             raise ValueError(f"unknown loss_type {args.loss_type}")
-        return per_pair.mean()
+        return per_pair
 
     def _record_rewards(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         self._record("rewards/chosen", chosen)

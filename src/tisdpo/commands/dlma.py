@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tisdpo import __version__
-from tisdpo.commands.common import load_model, load_tokenizer_for, require
+from tisdpo.commands.common import distributed_state, load_model, load_tokenizer_for, require
 from tisdpo.config import DataArguments, ModelArguments, parse_config
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError
@@ -99,10 +99,9 @@ def run(argv: list[str]) -> None:
     model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo dlma generate")
     dataset = require(data_args.dataset_name, "dataset_name", "tisdpo dlma generate")
     positive, negative = resolve_prompt(args.positive_prompt), resolve_prompt(args.negative_prompt)
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = distributed_state()
     tokenizer = load_tokenizer_for(model_args)
     pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
     items = load_prompts(

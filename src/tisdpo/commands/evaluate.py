@@ -26,6 +26,7 @@ from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_con
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.errors import UserError
 from tisdpo.evaluation.config import GenerationArguments
+from tisdpo.modeling import unsharded_loading
 from tisdpo.trainer import PreferenceTrainer
 from tisdpo.utils import write_json
 
@@ -69,13 +70,15 @@ def preference_metrics(
     )
     ref_model = None
     if config.needs_reference:
-        reference = load_model(model_args, model_args.ref_model_name_or_path)
         if config.precompute_ref_log_probs:
+            with unsharded_loading():  # whole on every process, even under FSDP / ZeRO-3 loading
+                reference = load_model(model_args, model_args.ref_model_name_or_path)
             (dataset,) = with_reference_logps(
                 [dataset], reference, model_args.ref_model_name_or_path, tokenizer, config
             )
+            del reference
         else:
-            ref_model = reference
+            ref_model = load_model(model_args, model_args.ref_model_name_or_path)
     policy = load_model(model_args, model_name)
     trainer = PreferenceTrainer(policy, config, tokenizer, ref_model=ref_model, eval_dataset=dataset)
     metrics = trainer.evaluate()

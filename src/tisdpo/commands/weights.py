@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,14 +23,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tisdpo import __version__
-from tisdpo.commands.common import format_options, load_model
+from tisdpo.commands.common import distributed_state, format_options, load_model, load_model_pair
 from tisdpo.config import DataArguments, ModelArguments, parse_config
 from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.modeling import load_tokenizer
 from tisdpo.scoring import score_sequences
-from tisdpo.weights.io import check_output_extension, read_meta, write_meta, write_rows
+from tisdpo.utils import atomic_path, file_identity
+from tisdpo.weights.io import check_output_extension, read_meta, remove_meta, write_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 from tisdpo.weights.transforms import TRANSFORM_NAMES, WeightTransformConfig, transform_pair
 
@@ -113,8 +115,52 @@ def transform_config(args: WeightsArguments) -> WeightTransformConfig:
     return config
 
 
-def add_weights(row: dict[str, Any], config: WeightTransformConfig, example_index: int) -> dict[str, Any]:
-    chosen, rejected = transform_pair(row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index)
+def check_rewards(row: dict[str, Any], source: str, where: str) -> None:
+    """Stored token rewards must be one finite number per completion token."""
+    for side in ("chosen", "rejected"):
+        key = f"{side}_token_rewards"
+        rewards = row.get(key)
+        if not isinstance(rewards, list):
+            raise UserError(
+                "is missing: --from_rewards needs a file written by `tisdpo weights`",
+                source=source,
+                location=where,
+                field=key,
+            )
+        bad = next(
+            (i for i, r in enumerate(rewards) if isinstance(r, bool) or not isinstance(r, int | float)),
+            None,
+        )
+        if bad is not None:
+            raise UserError(
+                f"reward {bad} is {rewards[bad]!r} (expected a number)", source=source, location=where, field=key
+            )
+        bad = next((i for i, r in enumerate(rewards) if not math.isfinite(r)), None)
+        if bad is not None:
+            raise UserError(
+                f"reward {bad} is {rewards[bad]} (expected a finite number)", source=source, location=where, field=key
+            )
+        ids = row.get(f"{side}_token_ids")
+        if isinstance(ids, list) and len(ids) != len(rewards):
+            raise UserError(
+                f"has {len(rewards)} rewards but {side}_token_ids has {len(ids)} tokens (expected one reward per token)",
+                source=source,
+                location=where,
+                field=key,
+            )
+
+
+def add_weights(
+    row: dict[str, Any], config: WeightTransformConfig, example_index: int, source: str = "", where: str = ""
+) -> dict[str, Any]:
+    try:
+        chosen, rejected = transform_pair(
+            row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index
+        )
+    except ValueError as err:  # e.g. a model gave a token probability 0: reward -inf
+        raise UserError(
+            f"cannot turn the token rewards into weights: {err}", source=source or None, location=where or None
+        ) from None
     return {
         **row,
         "chosen_weights": [float(w) for w in chosen],
@@ -207,9 +253,7 @@ def run_fingerprint(payload: dict[str, Any]) -> str:
 
 def build_contrast(model_args: ModelArguments, args: WeightsArguments) -> tuple[Contrast, dict[str, Any], str]:
     """Load the scorers; return them, their provenance and the tokenizer's name."""
-    from accelerate import PartialState
-
-    device = PartialState().device
+    device = distributed_state().device
     if args.positive_model_name_or_path or args.negative_model_name_or_path:
         if not (args.positive_model_name_or_path and args.negative_model_name_or_path):
             raise UserError("methods S and D need both --positive_model_name_or_path and --negative_model_name_or_path")
@@ -217,8 +261,8 @@ def build_contrast(model_args: ModelArguments, args: WeightsArguments) -> tuple[
             raise UserError(
                 "give either two models (S, D) or one model with --positive_prompt/--negative_prompt (P), not both"
             )
-        positive = load_model(model_args, args.positive_model_name_or_path).to(device)
-        negative = load_model(model_args, args.negative_model_name_or_path).to(device)
+        pair = load_model_pair(model_args, args.positive_model_name_or_path, args.negative_model_name_or_path)
+        positive, negative = (model.to(device) for model in pair)
         if positive.config.vocab_size != negative.config.vocab_size:
             raise UserError(
                 f"the two models have different vocabularies ({positive.config.vocab_size} vs {negative.config.vocab_size})",
@@ -271,16 +315,12 @@ def rederive(args: WeightsArguments, output_file: str) -> None:
     records = read_records(args.from_rewards)
     rows = []
     for index, row in enumerate(records.rows):
-        for key in ("chosen_token_rewards", "rejected_token_rewards"):
-            if not isinstance(row.get(key), list):
-                raise UserError(
-                    "is missing: --from_rewards needs a file written by `tisdpo weights`",
-                    source=records.source,
-                    location=records.where(index),
-                    field=key,
-                )
-        rows.append(add_weights(row, config, index))
+        check_rewards(row, records.source, records.where(index))
+        rows.append(add_weights(row, config, index, records.source, records.where(index)))
+    if not rows:
+        raise UserError("the file has no rows", source=args.from_rewards)
     meta = read_meta(args.from_rewards) or {}
+    remove_meta(output_file)  # never a new file beside the old one's provenance
     write_rows(output_file, rows)
     write_meta(
         output_file,
@@ -318,6 +358,7 @@ def run(argv: list[str]) -> None:
         format_options(data_args),
         data_args.max_samples,
         data_args.skip_empty_responses,
+        drop_identical=data_args.drop_identical_pairs,
     )
     meta = {
         **provenance,
@@ -328,6 +369,7 @@ def run(argv: list[str]) -> None:
         "max_prompt_length": data_args.max_prompt_length,
         "prompt_template": data_args.prompt_template,
         "reverse_pairs": data_args.reverse_pairs,
+        "drop_identical_pairs": data_args.drop_identical_pairs,
         "dtype": model_args.dtype,
         "tisdpo_version": __version__,
     }
@@ -337,7 +379,16 @@ def run(argv: list[str]) -> None:
         pair_tokenizer,
         contrast,
         args,
-        run_fingerprint({**meta, "rows": len(rows), "model_args": dataclasses.asdict(model_args)}),
+        run_fingerprint(
+            {
+                **meta,
+                "rows": len(rows),
+                "source_rows": [row["source_index"] for row in rows],
+                "dataset_file": file_identity(data_args.dataset_name),
+                "model_args": dataclasses.asdict(model_args),
+                "batching": [args.batch_size, args.max_batch_tokens, args.logprob_path, args.lm_head_chunk_size],
+            }
+        ),
     )
     if scored is None:
         return
@@ -347,19 +398,32 @@ def run(argv: list[str]) -> None:
             dropped += 1
             continue
         raw = records.rows[row["source_index"]]
-        output.append(add_weights({**raw, **result}, config, row["source_index"]))
+        where = records.where(row["source_index"])
+        output.append(add_weights({**raw, **result}, config, row["source_index"], records.source, where))
+    if not output:
+        raise UserError(
+            f"no pair left after truncation (all {len(rows)} dropped); raise --max_length or lower --max_prompt_length",
+            source=records.source,
+        )
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d pair(s) whose prompt leaves no room for completion tokens (max_length=%s, max_prompt_length=%s)",
+            records.source,
+            dropped,
+            len(rows),
+            data_args.max_length,
+            data_args.max_prompt_length,
+        )
+    # Order matters for a kill at any moment: the old provenance goes first, then the rows and their
+    # provenance are each renamed into place; a file never sits beside another run's provenance.
+    remove_meta(args.output_file)
     write_rows(args.output_file, output)
     write_meta(
         args.output_file,
         {**meta, "transform": dataclasses.asdict(config), "rows": len(output), "dropped": dropped},
     )
     shutil.rmtree(args.output_file + ".parts", ignore_errors=True)
-    logger.info(
-        "wrote %d rows to %s (%d dropped: no completion token fits max_length)",
-        len(output),
-        args.output_file,
-        dropped,
-    )
+    logger.info("wrote %d rows to %s (%d dropped by truncation)", len(output), args.output_file, dropped)
 
 
 def score_in_parts(
@@ -371,10 +435,9 @@ def score_in_parts(
     fingerprint: str,
 ) -> list[dict[str, Any] | None] | None:
     """Score all rows part by part; finished parts survive a kill. Returns None on non-main processes."""
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = distributed_state()
     parts_dir = args.output_file + ".parts"
     stamp = os.path.join(parts_dir, "fingerprint")
     if state.is_main_process:
@@ -382,7 +445,7 @@ def score_in_parts(
             logger.info("discarding parts of an earlier run with other inputs in %s", parts_dir)
             shutil.rmtree(parts_dir)
         os.makedirs(parts_dir, exist_ok=True)
-        with open(stamp, "w") as handle:
+        with atomic_path(stamp) as tmp, open(tmp, "w") as handle:
             handle.write(fingerprint)
     state.wait_for_everyone()
     size = args.rows_per_part
