@@ -349,7 +349,7 @@ def main() -> None:
         "--only",
         nargs="+",
         choices=["trl", "dpo", "tisdpo", "floor"],
-        default=["trl", "dpo", "tisdpo", "floor"],
+        default=["dpo", "tisdpo", "floor", "trl"],
         help="Run only these contenders.",
     )
     args = parser.parse_args()

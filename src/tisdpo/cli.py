@@ -29,6 +29,17 @@ USAGE = (
 )
 
 
+def run_command(name: str, argv: list[str]) -> object:
+    """Run one subcommand in this process; its UserError propagates (the pipeline names its stage with it)."""
+    if name not in SUBCOMMANDS:
+        raise UserError(f"unknown command '{name}'{did_you_mean(name, SUBCOMMANDS)}")
+    return importlib.import_module(SUBCOMMANDS[name][0]).run(argv)
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -45,12 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[tisdpo] %(message)s")
     try:
-        module = importlib.import_module(SUBCOMMANDS[name][0])
-        module.run(rest)
+        run_command(name, rest)
     except UserError as err:
         if debug:
             raise
-        print(f"tisdpo {name}: error: {err.format()}", file=sys.stderr)
+        print(f"tisdpo {name}: error: {one_line(err.format())}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the environment, not the code: disk full, permission denied ...
+        if debug:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(
+            f"tisdpo {name}: error: {one_line(err.strerror or err)}{where} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"tisdpo {name}: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ line override the file. Unknown keys and flags are refused with the closest vali
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from tisdpo.errors import UserError, did_you_mean
 
@@ -144,6 +146,13 @@ class TisdpoConfig(TrainingArguments):
         default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
     )
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint found in output_dir."})
+    skip_nonfinite_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip an optimizer step whose loss or gradient is NaN/inf (no parameter moves; counted as "
+            "nonfinite_batches_skipped) instead of stopping with the step and the pairs."
+        },
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log metrics every N steps."})
     remove_unused_columns: bool = field(
@@ -153,6 +162,8 @@ class TisdpoConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if self.output_dir is None:
             raise UserError("--output_dir is required")
+        if os.path.isfile(self.output_dir):
+            raise UserError("is a file; --output_dir must be a folder", source=self.output_dir, field="output_dir")
         self.remove_unused_columns = False
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
@@ -225,18 +236,86 @@ def extract_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
+def one_line(text: str) -> str:
+    """Collapse a (library) message to one line."""
+    return " ".join(str(text).split())
+
+
+def _choices_text(choices: Sequence[Any]) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose errors are one-line UserErrors (with the closest valid value) instead of
+    argparse's usage text and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        head, _, detail = message.removeprefix("argument ").partition(": ")
+        flag = head.split("/")[0].strip()  # "--max_steps/--max-steps" -> "--max_steps"
+        action = self._option_string_actions.get(flag)
+        if action is not None and action.choices and detail.startswith("invalid choice"):
+            value = detail.removeprefix("invalid choice:").split("(choose from", 1)[0].strip().strip("'\"")
+            choices = [str(c) for c in action.choices]
+            raise UserError(
+                f"{flag}: unknown value '{value}'{did_you_mean(value, choices)}; choose one of {_choices_text(choices)}"
+            )
+        raise UserError(one_line(f"{flag}: {detail}" if action is not None and detail else message))
+
+
+_EXPECTED = {int: "an integer", float: "a number", string_to_bool: "true or false"}
+_ACCEPTED = {int: (int, str), float: (int, float, str), string_to_bool: (bool, str)}
+
+
+def _coerce(action: argparse.Action, value: Any, source: str) -> Any:
+    """A YAML value checked like the same flag on the command line (choices, numbers, booleans)."""
+    name = action.dest
+    if action.choices:
+        choices = [str(c) for c in action.choices]
+        if str(value) not in choices:
+            raise UserError(
+                f"unknown value '{value}'{did_you_mean(str(value), choices)}; choose one of {_choices_text(choices)}",
+                source=source,
+                field=name,
+            )
+        return action.type(str(value)) if action.type else value
+    if value is None or action.nargs in ("+", "*") or action.type in (None, str):
+        return value
+    expected = _EXPECTED.get(action.type, "another value")
+    accepted = _ACCEPTED.get(action.type, (str,))
+    if (isinstance(value, bool) and bool not in accepted) or not isinstance(value, accepted):
+        if action.type in _ACCEPTED:
+            raise UserError(f"expected {expected}, got {value!r}", source=source, field=name)
+        return value
+    if isinstance(value, str):
+        try:
+            return action.type(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(f"expected {expected}, got {value!r}", source=source, field=name) from None
+    return value
+
+
 def parse_config(types: Sequence[type], argv: list[str], prog: str = "tisdpo") -> tuple[Any, ...]:
-    """Parse flags (and an optional ``--config`` YAML) into instances of ``types``."""
+    """Parse flags (and an optional ``--config`` YAML) into instances of ``types``.
+
+    YAML values are checked like flags (choices, numbers, booleans); every mistake is a one-line
+    UserError naming the file, the field and, for an unknown name or value, the closest valid one.
+    """
     config_path, argv = extract_config_flag(list(argv))
-    parser = HfArgumentParser(list(types), prog=prog)
+    parser = ArgumentParser(list(types), prog=prog)
     if config_path:
         values = load_yaml_config(config_path)
         check_keys(list(values), types, config_path)
-        parser.set_defaults(**values)
+        actions = {action.dest: action for action in parser._actions}
+        parser.set_defaults(
+            **{
+                key: _coerce(actions[key], value, config_path) if key in actions else value
+                for key, value in values.items()
+            }
+        )
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise UserError(one_line(str(err)), source=config_path) from None
     if remaining:
         flag = remaining[0]
         name = flag.lstrip("-").split("=", 1)[0]

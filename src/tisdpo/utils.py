@@ -32,3 +32,11 @@ def write_json(path: str, data: Any) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def file_identity(path: str) -> Any:
+    """What a fingerprint should know of an input: size and modification time of a local file, else the name."""
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return path

@@ -55,6 +55,8 @@ def read_results(run: str) -> dict[str, Any]:
             data = json.load(handle)
     except json.JSONDecodeError as err:
         raise UserError(f"not valid JSON ({err.msg})", source=path, location=f"line {err.lineno}") from None
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text (expected the JSON written by tisdpo evaluate)", source=path) from None
     if not isinstance(data, dict):
         raise UserError(f"expected a JSON object of metrics, got {type(data).__name__}", source=path)
     return data
@@ -74,6 +76,8 @@ def default_labels(runs: list[str]) -> list[str]:
 
 def run(argv: list[str]) -> dict[str, dict[str, Any]]:
     args = parser().parse_args(argv)
+    if args.output_dir and os.path.isfile(args.output_dir):
+        raise UserError("is a file; --output_dir must be a folder", source=args.output_dir, field="output_dir")
     runs = [read_results(r) for r in args.runs]
     if args.labels is not None:
         labels = [label.strip() for label in args.labels.split(",")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tisdpo.config import parse_config
 from tisdpo.data.formats import RawRecords, read_records, split_implicit_prompt
+from tisdpo.data.tokenize import tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.modeling import load_tokenizer
 from tisdpo.report.heatmap import (
@@ -51,6 +53,37 @@ def prompt_text(row: dict[str, Any]) -> str:
     return str(prompt)
 
 
+def check_values(row: dict[str, Any], side: str, key: str, vocab_size: int, source: str, where: str) -> None:
+    """One finite value per token id, and ids the tokenizer knows."""
+    ids, values = row[f"{side}_token_ids"], row[f"{side}_{key}"]
+    bad_id = next(
+        (i for i, t in enumerate(ids) if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None
+    )
+    if bad_id is not None:
+        raise UserError(
+            f"token id {bad_id} is {ids[bad_id]!r}, not an id of this tokenizer (vocabulary of {vocab_size}); "
+            "was the file made with another tokenizer?",
+            source=source,
+            location=where,
+            field=f"{side}_token_ids",
+        )
+    if len(values) != len(ids):
+        raise UserError(
+            f"has {len(values)} values but {side}_token_ids has {len(ids)} tokens (expected one per token)",
+            source=source,
+            location=where,
+            field=f"{side}_{key}",
+        )
+    for position, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise UserError(
+                f"value {position} is {v!r} (expected a finite number)",
+                source=source,
+                location=where,
+                field=f"{side}_{key}",
+            )
+
+
 def heatmap_examples(records: RawRecords, tokenizer: Any, value: str) -> list[HeatmapExample]:
     key = "weights" if value == "weights" else "token_rewards"
     examples = []
@@ -63,6 +96,8 @@ def heatmap_examples(records: RawRecords, tokenizer: Any, value: str) -> list[He
                     location=records.where(index),
                     field=column,
                 )
+        for side in ("chosen", "rejected"):
+            check_values(row, side, key, len(tokenizer), records.source, records.where(index))
         examples.append(
             HeatmapExample(
                 prompt=prompt_text(row),
@@ -89,8 +124,19 @@ def run(argv: list[str]) -> dict[str, Any]:
         raise UserError(
             "no tokenizer named in the file's provenance; pass --tokenizer_name_or_path", source=args.weights_file
         )
+    if os.path.isfile(args.output_dir):
+        raise UserError("is a file; --output_dir must be a folder", source=args.output_dir, field="output_dir")
     tokenizer = load_tokenizer(tokenizer_name, args.trust_remote_code)
+    recorded = meta.get("tokenizer_fingerprint")
+    if recorded and tokenizer_fingerprint(tokenizer) != recorded:
+        raise UserError(
+            f"this weights file was made with another tokenizer ({meta.get('tokenizer')}, fingerprint {recorded}) "
+            f"than {tokenizer_name}; its token ids would decode to other text",
+            source=args.weights_file,
+        )
     examples = heatmap_examples(records, tokenizer, args.value)
+    if not examples:
+        raise UserError("the file has no rows", source=args.weights_file)
     label = "weight" if args.value == "weights" else "reward"
     os.makedirs(args.output_dir, exist_ok=True)
     render_html(examples[: args.max_examples], os.path.join(args.output_dir, "heatmap.html"), value_label=label)

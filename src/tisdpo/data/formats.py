@@ -18,6 +18,7 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,34 +52,76 @@ def _open_text(path: str):
     return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+# What reading a damaged file raises: not UTF-8, a truncated or corrupt gzip stream, a folder ...
+READ_ERRORS = (UnicodeDecodeError, OSError, EOFError, zlib.error)
+
+
+def _read_error(path: str, err: BaseException, line_number: int | None = None) -> UserError:
+    if isinstance(err, UnicodeDecodeError):
+        what = f"not UTF-8 text (byte {err.object[err.start : err.start + 1]!r} at position {err.start} of the line)"
+    elif isinstance(err, IsADirectoryError):
+        what = "is a folder, not a file"
+    else:
+        detail = " ".join(str(err).split()) or "no detail"
+        what = f"could not read the file ({type(err).__name__}: {detail})"
+    return UserError(what, source=path, location=f"line {line_number}" if line_number else None)
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a text file (gzip by extension), each line decoded on its own, so that a
+    damaged file is an error naming its line."""
+    line_number = 0
+    try:
+        handle = _open_binary(path)
+    except READ_ERRORS as err:
+        raise _read_error(path, err) from None
+    with handle:
+        while True:
+            try:
+                raw = handle.readline()
+                if not raw:
+                    return
+                line = raw.decode("utf-8")
+            except READ_ERRORS as err:
+                raise _read_error(path, err, line_number + 1) from None
+            line_number += 1
+            yield line_number, line
+
+
 def _read_jsonl(path: str) -> RawRecords:
     rows, locations = [], []
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(
-                    f"not valid JSON ({err.msg} at column {err.colno})",
-                    source=path,
-                    location=f"line {line_number}",
-                ) from None
-            if not isinstance(row, dict):
-                raise UserError(
-                    f"expected a JSON object, got {type(row).__name__}",
-                    source=path,
-                    location=f"line {line_number}",
-                )
-            rows.append(row)
-            locations.append(f"line {line_number}")
+    for line_number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.rstrip("\r\n"))  # so that a cut line's error names its own column
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"not valid JSON ({err.msg} at column {err.colno})",
+                source=path,
+                location=f"line {line_number}",
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(
+                f"expected a JSON object, got {type(row).__name__}",
+                source=path,
+                location=f"line {line_number}",
+            )
+        rows.append(row)
+        locations.append(f"line {line_number}")
     return RawRecords(rows, path, locations)
 
 
 def _read_json(path: str) -> RawRecords:
-    with _open_text(path) as handle:
-        text = handle.read()
+    try:
+        with _open_text(path) as handle:
+            text = handle.read()
+    except READ_ERRORS as err:
+        raise _read_error(path, err) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -100,25 +143,37 @@ def _read_json(path: str) -> RawRecords:
     return RawRecords(data, path, [f"example {i}" for i in range(len(data))])
 
 
+def _read_parquet(path: str) -> RawRecords:
+    """A local Parquet file, read directly (no copy into the datasets cache, no library log lines)."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except READ_ERRORS as err:
+        raise _read_error(path, err) from None
+    except Exception as err:  # pyarrow's ArrowInvalid and kin: a damaged or non-Parquet file
+        detail = " ".join(str(err).split())
+        raise UserError(f"not a readable Parquet file ({type(err).__name__}: {detail})", source=path) from None
+    return RawRecords(rows, path, [f"row {i}" for i in range(len(rows))])
+
+
 def _read_with_datasets(name: str, split: str, kind: str | None) -> RawRecords:
     import datasets
 
     try:
-        if kind == "parquet":
-            dataset = datasets.load_dataset("parquet", data_files=name, split="train")
-        elif kind == "disk":
+        if kind == "disk":
             dataset = datasets.load_from_disk(name)
             if isinstance(dataset, datasets.DatasetDict):
                 dataset = dataset[split]
         else:
             dataset = datasets.load_dataset(name, split=split)
     except FileNotFoundError as err:
-        raise UserError(f"dataset not found ({err})", source=name) from None
+        raise UserError(f"dataset not found ({' '.join(str(err).split())})", source=name) from None
     except Exception as err:  # the hub and readers raise many kinds; all mean "could not load"
-        raise UserError(f"could not load dataset: {type(err).__name__}: {err}", source=name) from None
+        detail = " ".join(str(err).split())
+        raise UserError(f"could not load dataset: {type(err).__name__}: {detail}", source=name) from None
     rows = dataset.to_list()
-    label = "row" if kind == "parquet" else "example"
-    return RawRecords(rows, name, [f"{label} {i}" for i in range(len(rows))])
+    return RawRecords(rows, name, [f"example {i}" for i in range(len(rows))])
 
 
 def read_records(name_or_path: str, split: str = "train") -> RawRecords:
@@ -145,6 +200,8 @@ def read_records(name_or_path: str, split: str = "train") -> RawRecords:
         return _read_jsonl(name_or_path)
     if kind == "json":
         return _read_json(name_or_path)
+    if kind == "parquet":
+        return _read_parquet(name_or_path)
     return _read_with_datasets(name_or_path, split, kind)
 
 
@@ -299,10 +356,12 @@ def load_preference_rows(
     options: FormatOptions | None = None,
     max_samples: int | None = None,
     skip_empty_responses: bool = False,
+    drop_identical: bool = False,
 ) -> tuple[RawRecords, list[dict[str, Any]]]:
     """Read and normalize a preference dataset. Returns the raw records (for locations) and rows.
 
     Each row gets ``source_index``, its position in the source (for messages and output order).
+    Pairs whose chosen equals rejected are counted in a warning, and dropped with ``drop_identical``.
     """
     records = read_records(name_or_path, split)
     if max_samples is not None:
@@ -313,11 +372,25 @@ def load_preference_rows(
         {**row, "source_index": index}
         for index, row in iter_normalized(records, options or FormatOptions(), skip_empty_responses)
     ]
+    if not rows:
+        raise UserError(
+            f"no pair left: all {len(records.rows)} have an empty response (dropped by --skip_empty_responses)",
+            source=name_or_path,
+        )
     identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
     if identical:
         logger.warning(
-            "%s: %d pair(s) have chosen identical to rejected; they carry no preference signal",
+            "%s: %d of %d pair(s) have chosen identical to rejected; they carry no preference signal%s",
             name_or_path,
             identical,
+            len(rows),
+            " (dropped)" if drop_identical else " (--drop_identical_pairs true drops them)",
         )
+        if drop_identical:
+            rows = [row for row in rows if row["chosen"] != row["rejected"]]
+            if not rows:
+                raise UserError(
+                    f"no pair left: all {identical} have chosen identical to rejected (dropped by --drop_identical_pairs)",
+                    source=name_or_path,
+                )
     return records, rows

@@ -96,9 +96,20 @@ def prepare_pairs(
     records: RawRecords,
     pair_tokenizer: PairTokenizer,
     need_weights: bool = False,
-    require_nonnegative_weights: bool = True,
+    require_nonnegative_weights: bool | None = None,
 ) -> PreparedPairs:
-    """Tokenize every row; drop (and count) the pairs truncation leaves without completion tokens."""
+    """Tokenize every row; drop (and count) the pairs truncation leaves without completion tokens.
+
+    Weights found in the rows are always checked (length, finite); negative weights are refused when
+    ``require_nonnegative_weights`` (default: when the objective uses them, ``need_weights``).
+    """
+    if require_nonnegative_weights is None:
+        require_nonnegative_weights = need_weights
+    if not rows:
+        raise UserError(
+            "no pair left to train on (every pair was dropped before tokenization: identical or empty responses)",
+            source=records.source,
+        )
     columns: dict[str, list[Any]] = {
         "index": [],
         "prompt_input_ids": [],

@@ -246,7 +246,6 @@ def evaluate_generations(
     with atomic_path(os.path.join(out, "generations.jsonl")) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    write_json(os.path.join(out, "eval_results.json"), metrics)
     context = {
         "policy": model_name,
         "reference": ref_name,
@@ -259,6 +258,8 @@ def evaluate_generations(
         f"max_new_tokens {gen_args.max_new_tokens}, seed {config.seed}",
     }
     write_text(os.path.join(out, "eval_results.md"), run_markdown(metrics, {k: v for k, v in context.items() if v}))
+    # Written last: eval_results.json marks a finished evaluation (the pipeline skips a checkpoint that has one).
+    write_json(os.path.join(out, "eval_results.json"), metrics)
     summary = ", ".join(
         f"{key[4:]} {metrics[key]:.4g}"
         for key in ("gen/reward_mean", "gen/baseline_reward_mean", "gen/win_rate", "gen/kl", "gen/length_mean")

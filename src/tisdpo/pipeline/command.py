@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from tisdpo.config import load_yaml_config
-from tisdpo.errors import UserError
+from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Pipeline
 from tisdpo.pipeline.recipe import Recipe, StageBuilder
 
@@ -21,7 +21,7 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
         if key in ("--config", "--run_dir"):
             value = inline or next(iterator, None)
             if not value:
-                raise UserError(f"{key} needs a value\n{USAGE}")
+                raise UserError(f"{key} needs a value ({USAGE})")
             options[key[2:]] = value
         elif key == "--dry_run":
             options["dry_run"] = inline.lower() not in ("false", "0", "no") if inline else True
@@ -29,9 +29,11 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
             print(USAGE)
             raise SystemExit(0)
         else:
-            raise UserError(f"unknown argument '{arg}'\n{USAGE}")
+            raise UserError(
+                f"unknown argument '{arg}'{did_you_mean(key, ['--config', '--run_dir', '--dry_run'])} ({USAGE})"
+            )
     if not options["config"]:
-        raise UserError(f"tisdpo pipeline needs --config\n{USAGE}")
+        raise UserError(f"tisdpo pipeline needs --config ({USAGE})")
     return options
 
 

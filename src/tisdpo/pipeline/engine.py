@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tisdpo.errors import UserError
-from tisdpo.utils import write_json
+from tisdpo.utils import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +103,30 @@ class Pipeline:
 
     @staticmethod
     def _recorded_fingerprint(folder: str, filename: str) -> str | None:
+        """The fingerprint recorded in a stage's file; None when absent or unreadable (a write cut short)."""
         path = os.path.join(folder, filename)
         if not os.path.exists(path):
             return None
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        return json.loads(text).get("fingerprint") if filename.endswith(".json") else text.strip()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            if filename.endswith(".json"):
+                data = json.loads(text)
+                return data.get("fingerprint") if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+        return text.strip()
 
     def status(self, name: str) -> str:
         fingerprint = self.fingerprint(name)
         recorded = self._recorded_fingerprint(self.final_dir(name), "stage.json")
         if recorded == fingerprint:
             return "done"
-        if self._recorded_fingerprint(self.partial_dir(name), "fingerprint") == fingerprint:
+        partial = self.partial_dir(name)
+        if fingerprint in (
+            self._recorded_fingerprint(partial, "fingerprint"),
+            self._recorded_fingerprint(partial, "stage.json"),  # finished, killed before its rename
+        ):
             return "partial"
         return "stale" if recorded is not None else "pending"
 
@@ -154,20 +165,23 @@ class Pipeline:
         if not resumed and os.path.exists(partial):
             shutil.rmtree(partial)
         os.makedirs(partial, exist_ok=True)
-        with open(os.path.join(partial, "fingerprint"), "w", encoding="utf-8") as handle:
-            handle.write(fingerprint)
-        begun = time.time()
-        stage.action(StageContext(partial, {dep: self.final_dir(dep) for dep in stage.deps}, resumed))
-        write_json(
-            os.path.join(partial, "stage.json"),
-            {
-                "fingerprint": fingerprint,
-                "config": stage.config,
-                "deps": stage.deps,
-                "seconds": round(time.time() - begun, 2),
-            },
-        )
-        os.remove(os.path.join(partial, "fingerprint"))
+        if self._recorded_fingerprint(partial, "stage.json") != fingerprint:  # else finished, not yet renamed
+            with atomic_path(os.path.join(partial, "fingerprint")) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(fingerprint)
+            begun = time.time()
+            stage.action(StageContext(partial, {dep: self.final_dir(dep) for dep in stage.deps}, resumed))
+            # stage.json (written atomically) is what marks the work complete, before the rename.
+            write_json(
+                os.path.join(partial, "stage.json"),
+                {
+                    "fingerprint": fingerprint,
+                    "config": stage.config,
+                    "deps": stage.deps,
+                    "seconds": round(time.time() - begun, 2),
+                },
+            )
+        if os.path.exists(os.path.join(partial, "fingerprint")):
+            os.remove(os.path.join(partial, "fingerprint"))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(partial, final)

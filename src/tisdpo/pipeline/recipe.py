@@ -20,6 +20,7 @@ from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Stage, StageContext
 
 METHODS = ("P", "S", "D")
+DATA_FILE_EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
 
 
 @dataclass
@@ -94,6 +95,68 @@ class Recipe:
                 )
             if objective.get("loss_type") == "tisdpo" and source_name is None:
                 raise UserError(f"objective '{name}' is tisdpo and needs weights: P, S, D or random", source=source)
+        self.check_settings(source)
+        self.check_inputs(source)
+
+    def check_settings(self, source: str) -> None:
+        """Every flag a section gives a command must be one of that command's flags, with a valid value;
+        caught here, before any stage runs, rather than when the stage's command starts."""
+        from tisdpo.commands.weights import WeightsArguments
+        from tisdpo.config import LOSS_TYPES, DataArguments, ModelArguments, TisdpoConfig
+        from tisdpo.evaluation.config import GenerationArguments
+        from tisdpo.weights.transforms import TRANSFORM_NAMES
+
+        train = [ModelArguments, DataArguments, TisdpoConfig]
+        sections: list[tuple[str, Any, list[type]]] = [
+            ("data_args", self.data_args, [DataArguments]),
+            ("model_args", self.model_args, [ModelArguments]),
+            ("train_defaults", self.train_defaults, train),
+            ("weights", self.weights, [ModelArguments, DataArguments, WeightsArguments]),
+        ]
+        if self.sft is not None:
+            sections.append(("sft.args", (self.sft or {}).get("args") or {}, train))
+        for method in ("S", "D"):
+            if self.contrastive.get(method):
+                sections.append((f"contrastive.{method}.args", self.contrastive[method].get("args") or {}, train))
+        for name, objective in self.objectives.items():
+            own = {k: v for k, v in objective.items() if k not in ("weights", "args", "data")}
+            sections.append((f"objectives.{name}", own, train))
+            sections.append((f"objectives.{name}.args", objective.get("args") or {}, train))
+        if self.evaluate is not None:
+            sections.append(("evaluate.args", self.evaluate.get("args") or {}, [*train, GenerationArguments]))
+        choices = {"loss_type": LOSS_TYPES, "weight_transform": TRANSFORM_NAMES}
+        for section, values, types in sections:
+            if not isinstance(values, dict):
+                raise UserError(
+                    f"expected a mapping of flag names to values, got {type(values).__name__}",
+                    source=source,
+                    field=section,
+                )
+            known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
+            for key, value in values.items():
+                if key not in known:
+                    raise UserError(f"unknown setting '{key}'{did_you_mean(key, known)}", source=source, field=section)
+                if key in choices and value not in choices[key]:
+                    raise UserError(
+                        f"unknown {key} '{value}'{did_you_mean(str(value), choices[key])}; "
+                        f"choose one of {', '.join(choices[key])}",
+                        source=source,
+                        field=section,
+                    )
+
+    def check_inputs(self, source: str) -> None:
+        """Local models and data files the recipe names must exist (hub names are checked when loaded)."""
+        from tisdpo.modeling import looks_local
+
+        if isinstance(self.base_model, str) and looks_local(self.base_model) and not os.path.exists(self.base_model):
+            raise UserError(f"model folder not found: {self.base_model}", source=source, field="base_model")
+        for key in ("dataset_name", "eval_dataset_name", "prompts_dataset_name", "sft_dataset_name"):
+            value = self.data.get(key)
+            if not isinstance(value, str):
+                continue
+            local = looks_local(value) or value.lower().endswith(DATA_FILE_EXTENSIONS)
+            if local and not os.path.exists(value):
+                raise UserError(f"file not found: {value}", source=source, field=f"data.{key}")
 
 
 def to_flags(args: dict[str, Any]) -> list[str]:
@@ -115,9 +178,13 @@ def invoke(command: str, args: dict[str, Any], launcher: str | None, stage: str)
         result = subprocess.run([*shlex.split(launcher), "-m", "tisdpo", *argv], check=False)
         code = result.returncode
     else:
-        from tisdpo.cli import main
+        from tisdpo.cli import run_command
 
-        code = main(argv)
+        try:
+            run_command(argv[0], argv[1:])
+        except UserError as err:  # one line: the stage, the command, and what went wrong
+            raise UserError(f"stage '{stage}' failed: tisdpo {command}: {err.format()}") from err
+        return
     if code != 0:
         raise UserError(f"stage '{stage}' failed: `tisdpo {' '.join(shlex.quote(a) for a in argv)}` exited with {code}")
 

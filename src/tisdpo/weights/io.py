@@ -52,6 +52,12 @@ def write_meta(path: str, meta: dict[str, Any]) -> None:
     write_json(meta_path(path), meta)
 
 
+def remove_meta(path: str) -> None:
+    """Remove the provenance of an earlier output at ``path`` before a new one is written."""
+    if os.path.exists(meta_path(path)):
+        os.remove(meta_path(path))
+
+
 def read_meta(path: str) -> dict[str, Any] | None:
     sidecar = meta_path(path)
     if not os.path.exists(sidecar):
