@@ -70,7 +70,12 @@ def check_model_folder(path: str, what: str = "model") -> None:
     files = set(os.listdir(path))
     if "adapter_config.json" in files:
         return
-    if "config.json" not in files:
+    if what == "tokenizer":
+        if not files.intersection({"tokenizer_config.json", "tokenizer.json"}):
+            raise UserError("tokenizer folder is incomplete: no tokenizer.json or tokenizer_config.json", source=path)
+        if "config.json" not in files:
+            return  # a tokenizer-only folder
+    elif "config.json" not in files:
         raise UserError(f"{what} folder is incomplete: no config.json", source=path)
     if what == "model" and not files.intersection(WEIGHT_FILES):
         raise UserError(f"{what} folder is incomplete: no weights (model.safetensors)", source=path)

@@ -234,6 +234,8 @@ class PreferenceTrainer(Trainer):
             batch_metrics = self._batch_metrics
         finally:
             self._batch_metrics = None
+        if not training:  # a collective (gather_for_metrics): every process takes part, finite or not
+            self._add_metrics(batch_metrics, training)
         if not torch.isfinite(loss):
             pairs = _pairs_text(inputs["pair_index"].tolist())
             if not training:
@@ -248,7 +250,7 @@ class PreferenceTrainer(Trainer):
                 raise NonFiniteLossError(f"{what}; {NONFINITE_HINT}")
             # Skipped at the optimizer step (see _check_step): its gradients are dropped, whatever they are.
             self._step_nonfinite_loss = self._step_nonfinite_loss or what
-        else:
+        elif training:
             self._add_metrics(batch_metrics, training)
         return (loss, {}) if return_outputs else loss
 

@@ -43,17 +43,13 @@ def load_pairs(
     """Read, normalize and tokenize a preference dataset into the training table (a datasets.Dataset)."""
     check_tokenizer(name, tokenizer_fingerprint(pair_tokenizer.tokenizer))
     records, rows = load_preference_rows(
-        name, split, format_options(data_args), max_samples, data_args.skip_empty_responses
+        name,
+        split,
+        format_options(data_args),
+        max_samples,
+        data_args.skip_empty_responses,
+        drop_identical=data_args.drop_identical_pairs,
     )
-    if data_args.drop_identical_pairs:
-        kept = [row for row in rows if row["chosen"] != row["rejected"]]
-        if len(kept) < len(rows):
-            logger.warning(
-                "%s: dropped %d pair(s) with chosen identical to rejected",
-                name,
-                len(rows) - len(kept),
-            )
-        rows = kept
     prepared = prepare_pairs(rows, records, pair_tokenizer, need_weights=need_weights)
     logger.info(
         "%s: %d pairs ready (%d dropped by truncation)",

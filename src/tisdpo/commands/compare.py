@@ -59,6 +59,9 @@ def read_results(run: str) -> dict[str, Any]:
         raise UserError("not UTF-8 text (expected the JSON written by tisdpo evaluate)", source=path) from None
     if not isinstance(data, dict):
         raise UserError(f"expected a JSON object of metrics, got {type(data).__name__}", source=path)
+    for key, value in data.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UserError(f"expected a number, got {value!r}", source=path, field=key)
     return data
 
 
