@@ -18,6 +18,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
 from tisdpo.errors import UserError, did_you_mean
+from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 
 LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "dlma", "sparsepo", "sft")
 REFERENCE_FREE_LOSSES = ("simpo", "sft")
@@ -141,7 +142,9 @@ class TisdpoConfig(TrainingArguments):
             "help": "chunked: LM head on completion positions in chunks, no full logits; logits: the model's own forward."
         },
     )
-    lm_head_chunk_size: int = field(default=1024, metadata={"help": "Tokens per LM-head chunk on the chunked path."})
+    lm_head_chunk_size: int = field(
+        default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per LM-head chunk on the chunked path."}
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
     )

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# Tokens per LM-head block: measured fastest on CPU among 128/256/1024 (benchmarks/bench_scoring.py).
+DEFAULT_CHUNK_SIZE = 128
+
 
 class ChunkedLinearLogProb(torch.autograd.Function):
     """``logp[n] = (h W^T)[n, y_n] - logsumexp_v (h W^T)[n, v]`` in fp32, chunked over n.
@@ -69,7 +72,7 @@ class ChunkedLinearLogProb(torch.autograd.Function):
 
 
 def gather_label_logps(
-    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Label log-probs from logits (N, V) as ``logit[y] - logsumexp``, in fp32, chunk by chunk."""
     logps, means = [], []
@@ -140,7 +143,7 @@ def completion_logps(
     completion_start: torch.Tensor,
     completion_mask: torch.Tensor,
     path: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_logits: bool = False,
     return_hidden: bool = False,
 ) -> CompletionLogps:

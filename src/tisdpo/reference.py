@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.scoring import score_sequences
 from tisdpo.utils import atomic_path
 
@@ -58,7 +59,7 @@ def score_reference(
     batch_size: int,
     device: torch.device,
     logprob_path: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     indices: list[int] | None = None,
 ) -> dict[int, tuple[list[float], list[float]]]:
@@ -115,7 +116,7 @@ def add_reference_logps(
     pad_token_id: int,
     batch_size: int,
     logprob_path: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     cache_dir: str | None = None,
     reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Any:

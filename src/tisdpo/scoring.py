@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tisdpo.data.collate import PreferenceCollator
-from tisdpo.logprobs import completion_logps
+from tisdpo.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 
 Sequences = Sequence[tuple[Sequence[int], Sequence[int]]]
 
@@ -47,7 +47,7 @@ def score_sequences(
     batch_size: int = 16,
     device: torch.device | str | None = None,
     logprob_path: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     max_tokens: int | None = None,
     desc: str = "scoring",

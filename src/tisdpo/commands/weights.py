@@ -28,6 +28,7 @@ from tisdpo.config import DataArguments, ModelArguments, parse_config
 from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError
+from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.modeling import load_tokenizer
 from tisdpo.scoring import score_sequences
 from tisdpo.utils import atomic_path, file_identity
@@ -90,7 +91,7 @@ class WeightsArguments:
     logprob_path: Literal["chunked", "logits"] = field(
         default="chunked", metadata={"help": "Log-prob path (see tisdpo train)."}
     )
-    lm_head_chunk_size: int = field(default=1024, metadata={"help": "Tokens per LM-head chunk."})
+    lm_head_chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per LM-head chunk."})
     rows_per_part: int = field(default=256, metadata={"help": "Rows per resumable part."})
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.scoring import length_sorted_batches, score_sequences
 
 
@@ -145,7 +146,7 @@ def sequence_logps(
     pad_token_id: int,
     batch_size: int = 32,
     logprob_path: str = "chunked",
-    chunk_size: int = 1024,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     desc: str = "log-probs",
     progress: bool = True,
 ) -> list[float]:
