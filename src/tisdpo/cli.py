@@ -10,7 +10,10 @@ from tisdpo.errors import UserError, did_you_mean
 
 SUBCOMMANDS = {
     "train": ("tisdpo.commands.train", "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)"),
-    "evaluate": ("tisdpo.commands.evaluate", "preference metrics of a model against a reference"),
+    "evaluate": (
+        "tisdpo.commands.evaluate",
+        "preference metrics against a reference; --generate: sample, score, win rate, KL",
+    ),
     "weights": ("tisdpo.commands.weights", "token rewards from a contrastive pair (P, S, D) and their weights"),
     "visualize": ("tisdpo.commands.visualize", "token heatmaps (HTML, PNG) and statistics of a weights file"),
     "compare": ("tisdpo.commands.compare", "several evaluation outputs side by side: one table, one reward-vs-KL plot"),
