@@ -9,7 +9,7 @@ import sys
 from tisdpo.errors import UserError, did_you_mean
 
 SUBCOMMANDS = {
-    "train": ("tisdpo.commands.train", "train a policy (dpo, ipo, cdpo, tdpo1, tdpo2, simpo, tisdpo, sft)"),
+    "train": ("tisdpo.commands.train", "train a policy (dpo, ipo, cdpo, tdpo1/2, simpo, tisdpo, dlma, sparsepo, sft)"),
     "evaluate": (
         "tisdpo.commands.evaluate",
         "preference metrics against a reference; --generate: sample, score, win rate, KL",
