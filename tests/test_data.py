@@ -304,3 +304,31 @@ def test_real_hh_dialogues_split_and_tokenize_at_the_seam(tokenizer):
         pair = pair_tokenizer.tokenize(row)
         text = tokenizer.decode(pair.prompt_ids + pair.chosen_ids)
         assert text == "<s>" + raw["chosen"] + "</s>"
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.json", "d.json.gz"])
+def test_utf8_bom_at_the_start_of_a_file_loads(name, tmp_path):
+    rows = [{"prompt": "q", "chosen": " a", "rejected": " b"}, {"prompt": "r", "chosen": " c", "rejected": " d"}]
+    text = (
+        json.dumps(rows) if ".json." in name or name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    data = b"\xef\xbb\xbf" + text.encode("utf-8")  # what spreadsheet and Windows exports write
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    records, loaded = load_preference_rows(str(path))
+    assert [row["prompt"] for row in loaded] == ["q", "r"] and list(records.rows[0]) == ["prompt", "chosen", "rejected"]
+
+
+def test_reverse_negates_the_dlma_score():
+    row = {"prompt": "q", "chosen": " a", "rejected": " b", "dlma_score": 2.5}
+    assert normalize(row, reverse=True)["dlma_score"] == -2.5
+    assert normalize(row)["dlma_score"] == 2.5
+
+
+def test_reversed_pairs_train_with_the_negated_dlma_score(tokenizer):
+    rows = [{"prompt": "q", "chosen": " safe", "rejected": " rude", "dlma_score": 3.0}]
+    records = RawRecords(rows, "d.jsonl", ["line 1"])
+    reversed_rows = [{**normalize(rows[0], reverse=True), "source_index": 0}]
+    prepared = prepare_pairs(reversed_rows, records, PairTokenizer(tokenizer))
+    assert prepared.columns["dlma_score"] == [-3.0]
+    assert prepared.columns["chosen_input_ids"][0] == PairTokenizer(tokenizer).tokenize(rows[0]).rejected_ids

@@ -44,7 +44,10 @@ def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_
         ]
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert 1 <= len(rows) <= 6
+    meta = json.loads(Path(str(out) + ".meta.json").read_text())
+    # Seed 3 gives no empty sample for these 6 prompts (one would need EOS as its first token), and
+    # every prompt leaves room under max_length: all 6 prompts make a pair.
+    assert len(rows) == 6 and meta["skipped_empty"] == 0 and meta["skipped_no_room"] == 0
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     positive, negative = PRESETS["dlma_harmless"], PRESETS["dlma_harmful"]
@@ -58,7 +61,6 @@ def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_
             - sequence_logp(model, tokenizer, negative.replace("{prompt}", q), a2)
         )
         assert row["dlma_score"] == pytest.approx(expected, abs=1e-3)
-    meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert meta["method"] == "dlma" and meta["positive_prompt"]["name"] == "dlma_harmless"
     # a second run with the same seed gives the same pairs
     again = tmp_path / "again.jsonl"
@@ -184,3 +186,52 @@ def test_dlma_pairs_train_with_the_margin_and_feed_weights(tiny_model_dir, tmp_p
         == 1
     )
     assert "needs a 'dlma_score' for every pair" in capsys.readouterr().err
+
+
+def chat_logp(model, tokenizer, system: str, prompt: list[dict], response: list[dict]) -> float:
+    """Independently: the chat template's completion tokens (what it adds after the generation prompt,
+    rendered without the contrastive system message, as training does) under a system message."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    completion = tokenizer.apply_chat_template(prompt + response, tokenize=False)[len(prompt_text) :]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    context = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}] + prompt, tokenize=False, add_generation_prompt=True
+    )
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([context_ids + completion_ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    return sum(float(logp[len(context_ids) + j - 1, t]) for j, t in enumerate(completion_ids))
+
+
+def test_dlma_on_conversations_writes_conversational_pairs_that_train(tiny_model_dir, tmp_path):
+    from tisdpo.cli import main
+
+    questions = ["hello how are you", "what is the item", "tell me about the thing", "why is it kind"]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": q}]} for q in questions])
+    pairs = tmp_path / "dlma.jsonl"
+    generate = ["dlma", "generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(prompts)]
+    flags = ["--output_file", str(pairs), "--max_new_tokens", "6", "--seed", "1"]
+    assert main([*generate, *flags, "--positive_prompt", "harmless", "--negative_prompt", "harmful"]) == 0
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == [[{"role": "user", "content": q}] for q in questions]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for row in rows:
+        for side in ("chosen", "rejected"):  # conversational in, conversational out
+            assert [message["role"] for message in row[side]] == ["assistant"] and row[side][0]["content"].strip()
+        logp = {
+            (preset, side): chat_logp(model, tokenizer, PRESETS[preset], row["prompt"], row[side])
+            for preset in ("harmless", "harmful")
+            for side in ("chosen", "rejected")
+        }
+        expected = (logp["harmless", "chosen"] - logp["harmful", "chosen"]) - (
+            logp["harmless", "rejected"] - logp["harmful", "rejected"]
+        )
+        assert row["dlma_score"] == pytest.approx(expected, abs=1e-3)
+    common = ["--per_device_train_batch_size", "2", "--save_strategy", "no", "--max_steps", "1", "--max_length", "64"]
+    train = ["train", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(pairs), "--loss_type", "dlma"]
+    assert main([*train, "--output_dir", str(tmp_path / "t"), *common]) == 0
+    # a {prompt} template cannot wrap a conversation: the DLMA presets are refused with a hint
+    with pytest.raises(Exception, match="is a {prompt} template, which only applies to plain-text data"):
+        main(["--debug", *generate, *flags])

@@ -159,3 +159,23 @@ def test_chunked_path_never_allocates_batch_by_length_by_vocab():
             path="logits",
         )
     assert recorder.largest >= rows * length * vocab  # the plain path does materialise the logits
+
+
+def test_head_as_identity_puts_back_a_forward_set_on_the_instance(model_and_batch):
+    """accelerate's device hooks replace a module's forward on the instance; it must survive the chunked path."""
+    model, batch = model_and_batch
+    head = model.get_output_embeddings()
+    calls = []
+
+    def hooked_forward(hidden_states):
+        calls.append(1)
+        return torch.nn.Linear.forward(head, hidden_states)
+
+    head.forward = hooked_forward
+    completion_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"]
+    )
+    assert head.forward is hooked_forward
+    calls.clear()
+    model(input_ids=batch["input_ids"])
+    assert calls == [1]

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tisdpo import losses, sparsepo
+from tisdpo.data.tokenize import PairTokenizer
+from tisdpo.modeling import load_tokenizer
 
 
 def logsig(x: float) -> float:
     return -math.log1p(math.exp(-x))
+
+
+def tokenized_pairs(model_dir: str, data_file: str, count: int) -> list:
+    """The first ``count`` pairs of a file, tokenized as the trainer does (max_length 64)."""
+    tokenizer = PairTokenizer(load_tokenizer(model_dir), max_length=64)
+    rows = [json.loads(line) for line in Path(data_file).read_text().splitlines()[:count]]
+    return [tokenizer.tokenize(row) for row in rows]
+
+
+def head_inputs_and_logps(model, prompt: list[int], completion: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent forward: the LM head's input predicting each completion token, and each token's log-prob."""
+    captured = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + completion])).logits[0].double()
+    finally:
+        hook.remove()
+    positions = slice(len(prompt) - 1, len(prompt) + len(completion) - 1)
+    logps = torch.log_softmax(logits, -1)[positions].gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+    return captured[0][0, positions], logps
 
 
 def test_reference_masks_threshold_and_sparsity():
@@ -57,8 +83,6 @@ def test_mask_head_starts_at_one_and_learns():
 
 
 def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir, toy_data_files, tmp_path):
-    import json
-
     from safetensors.torch import load_file
 
     from tisdpo.cli import main
@@ -90,6 +114,12 @@ def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir
         "1",
         "--max_length",
         "64",
+        "--eval_dataset_name",
+        toy_data_files[1],
+        "--max_eval_samples",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
     ]
     assert main(args) == 0
     weights = load_file(out / "model.safetensors")
@@ -98,13 +128,32 @@ def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir
         or weights["sparsepo_mask_head.proj.weight"].abs().sum() > 0
     )
     history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
-    assert len(history) >= 8 and all(0.0 <= e["sparsity/chosen"] <= 1.0 for e in history)
+    assert len(history) >= 8
+    # The head starts at w = 0, b = 1: every mask is exactly 1 at the first step.
+    for side in ("chosen", "rejected"):
+        assert history[0][f"sparsity/{side}"] == 0.0 and history[0][f"masks/{side}_mean"] == 1.0
     assert 0.0 < history[-1]["masks/chosen_mean"] <= 1.0
+
+    # The final evaluation's sparsity and mask means, from an independent forward of the saved model and head:
+    # m_t = min(relu(w . h_t + b), 1) on the LM head's input h_t; sparsity = share of completion tokens with m_t = 0.
+    results = json.loads((out / "all_results.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out).eval()  # the head's weights are read from the file below
+    w, b = weights["sparsepo_mask_head.proj.weight"].double(), weights["sparsepo_mask_head.proj.bias"].double()
+    pairs = tokenized_pairs(tiny_model_dir, toy_data_files[1], 8)
+    for side in ("chosen", "rejected"):
+        shares, mask_sum, tokens = [], 0.0, 0
+        for pair in pairs:
+            hidden, _ = head_inputs_and_logps(model, pair.prompt_ids, getattr(pair, f"{side}_ids"))
+            z = (hidden.double() @ w.T + b).squeeze(-1)
+            assert float(z.abs().min()) > 1e-4  # no mask is decided by rounding
+            masks = z.clamp(min=0.0, max=1.0)
+            shares.append(float((masks == 0).double().mean()))
+            mask_sum, tokens = mask_sum + float(masks.sum()), tokens + len(masks)
+        assert results[f"eval_sparsity/{side}"] == pytest.approx(sum(shares) / len(shares), rel=1e-6, abs=1e-9), side
+        assert results[f"eval_masks/{side}_mean"] == pytest.approx(mask_sum / tokens, rel=1e-4), side
 
 
 def test_reference_masks_train_and_report_sparsity(tiny_model_dir, toy_data_files, tmp_path):
-    import json
-
     from tisdpo.cli import main
 
     out = tmp_path / "sparsepo_ref"
@@ -119,7 +168,7 @@ def test_reference_masks_train_and_report_sparsity(tiny_model_dir, toy_data_file
         "--loss_type",
         "sparsepo",
         "--sparsepo_threshold",
-        "0.01",
+        "0.0025",  # the untrained model's p_ref are near 1/400: this one splits them (with 0.01 every mask is 0)
     ]
     args += [
         "--max_steps",
@@ -132,7 +181,72 @@ def test_reference_masks_train_and_report_sparsity(tiny_model_dir, toy_data_file
         "1",
         "--max_length",
         "64",
+        "--max_samples",
+        "8",  # one batch of all 8 pairs per step
     ]
     assert main(args) == 0
     history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
-    assert history and history[0]["sparsity/chosen"] > 0.0  # an untrained model finds many tokens unlikely
+    assert history
+    for side in ("chosen", "rejected"):  # some masks are 0, some are not
+        assert 0.0 < history[0][f"sparsity/{side}"] < 1.0 and history[0][f"masks/{side}_mean"] > 0.0
+
+    # Step 1, against an independent forward of the reference (the starting model): m_t = p_ref(y_t), 0 below
+    # the threshold; sparsity = mean over pairs of the share of completion tokens with p_ref below it.
+    threshold = 0.0025
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    pairs = tokenized_pairs(tiny_model_dir, toy_data_files[0], 8)
+    for side in ("chosen", "rejected"):
+        shares, mask_sum, tokens = [], 0.0, 0
+        for pair in pairs:
+            _, logps = head_inputs_and_logps(reference, pair.prompt_ids, getattr(pair, f"{side}_ids"))
+            probs = logps.exp()
+            assert float(((probs - threshold).abs() / threshold).min()) > 1e-4  # none decided by rounding
+            shares.append(float((probs < threshold).double().mean()))
+            mask_sum, tokens = mask_sum + float(torch.where(probs >= threshold, probs, 0.0).sum()), tokens + len(probs)
+        assert history[0][f"sparsity/{side}"] == pytest.approx(sum(shares) / len(shares), rel=1e-6, abs=1e-9), side
+        assert history[0][f"masks/{side}_mean"] == pytest.approx(mask_sum / tokens, rel=1e-4), side
+
+
+def test_evaluate_uses_the_saved_mask_head(tiny_model_dir, toy_data_files, tmp_path):
+    """A learned mask head is saved with the model; evaluating that model must use it (not a fresh head, whose
+    masks are all 1): sparsity and mask means against an independent computation with the saved head."""
+    from safetensors.torch import load_file
+
+    from tisdpo.cli import main
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head = sparsepo.attach_mask_head(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # masks of every kind: 0, strictly between 0 and 1, and clamped at 1
+        head.proj.weight.copy_(torch.randn(head.proj.weight.shape, generator=generator) * 0.5)
+        head.proj.bias.fill_(0.3)
+    saved = tmp_path / "with_head"
+    model.save_pretrained(saved)
+    load_tokenizer(tiny_model_dir).save_pretrained(saved)
+    weights = load_file(saved / "model.safetensors")
+    assert "sparsepo_mask_head.proj.weight" in weights
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model_name_or_path", str(saved), "--ref_model_name_or_path", tiny_model_dir]
+    args += ["--dataset_name", toy_data_files[1], "--max_samples", "8", "--per_device_eval_batch_size", "8"]
+    args += ["--loss_type", "sparsepo", "--sparsepo_mask", "learned", "--max_length", "64", "--output_dir", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+
+    w, b = weights["sparsepo_mask_head.proj.weight"].double(), weights["sparsepo_mask_head.proj.bias"].double()
+    policy = AutoModelForCausalLM.from_pretrained(saved).eval()
+    zeros = between = 0
+    for side in ("chosen", "rejected"):
+        shares, mask_sum, tokens = [], 0.0, 0
+        for pair in tokenized_pairs(tiny_model_dir, toy_data_files[1], 8):
+            hidden, _ = head_inputs_and_logps(policy, pair.prompt_ids, getattr(pair, f"{side}_ids"))
+            z = (hidden.double() @ w.T + b).squeeze(-1)
+            assert float(z.abs().min()) > 1e-4 and float((z - 1).abs().min()) > 1e-4  # none decided by rounding
+            masks = z.clamp(min=0.0, max=1.0)
+            zeros += int((masks == 0).sum())
+            between += int(((masks > 0) & (masks < 1)).sum())
+            shares.append(float((masks == 0).double().mean()))
+            mask_sum, tokens = mask_sum + float(masks.sum()), tokens + len(masks)
+        assert results[f"eval_sparsity/{side}"] == pytest.approx(sum(shares) / len(shares), rel=1e-6, abs=1e-9), side
+        assert results[f"eval_masks/{side}_mean"] == pytest.approx(mask_sum / tokens, rel=1e-4), side
+    assert zeros > 0 and between > 0

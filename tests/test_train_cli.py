@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import write_jsonl
 from safetensors.torch import load_file
 
 from tisdpo.cli import main
+from tisdpo.config import TisdpoConfig
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.modeling import load_tokenizer
 
@@ -349,3 +351,58 @@ def test_logits_path_trains_like_the_chunked_path(tiny_model_dir, toy_data_files
     )
     for name in chunked:
         torch.testing.assert_close(chunked[name], logits[name], rtol=1e-4, atol=1e-6)
+
+
+def first_logged(out: Path) -> dict:
+    return next(e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "rewards/chosen" in e)
+
+
+def test_simpo_trains_with_its_own_default_beta_unless_given(tiny_model_dir, toy_data_files, tmp_path, caplog):
+    """SimPO's rewards are beta * mean token log-prob: with no update, 2.0 (SimPO's default) against 0.5 is 4x."""
+    args = [
+        "train",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--dataset_name",
+        toy_data_files[0],
+        "--loss_type",
+        "simpo",
+        "--learning_rate",
+        "0",
+        "--max_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        *COMMON,
+    ]
+    with caplog.at_level(logging.INFO, logger="tisdpo.config"):
+        assert run(*args, "--output_dir", tmp_path / "default") == 0
+    assert "loss_type simpo: beta 2.0 (SimPO's default; set --beta to change)" in caplog.text
+    assert run(*args, "--output_dir", tmp_path / "given", "--beta", "0.5") == 0
+    default, given = first_logged(tmp_path / "default"), first_logged(tmp_path / "given")
+    assert given["rewards/chosen"] < -0.1
+    assert default["rewards/chosen"] == pytest.approx(4 * given["rewards/chosen"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "beta"), [("dpo", 0.1), ("cdpo", 0.1), ("ipo", 0.1), ("tdpo2", 0.1), ("tisdpo", 0.1), ("simpo", 2.0)]
+)
+def test_each_objective_has_its_papers_default_beta(loss_type, beta, tmp_path):
+    assert TisdpoConfig(output_dir=str(tmp_path), loss_type=loss_type).beta == beta
+    assert TisdpoConfig(output_dir=str(tmp_path), loss_type=loss_type, beta=0.3).beta == 0.3
+
+
+def test_an_internal_error_is_one_line_unless_debug(monkeypatch, capsys):
+    import tisdpo.commands.train as train_command
+
+    def broken(argv: list[str]) -> None:
+        raise RuntimeError("expected m1 and m2 to have the same dtype,\n  but got: float != c10::BFloat16")
+
+    monkeypatch.setattr(train_command, "run", broken)
+    assert run("train") == 1
+    assert capsys.readouterr().err == (
+        "tisdpo train: error: RuntimeError: expected m1 and m2 to have the same dtype, but got: float != "
+        "c10::BFloat16 (--debug shows the traceback)\n"
+    )
+    with pytest.raises(RuntimeError, match="same dtype"):
+        run("train", "--debug")

@@ -15,6 +15,7 @@ from tisdpo.cli import main
 from tisdpo.weights.prompts import PRESETS
 from tisdpo.weights.transforms import WeightTransformConfig, transform_pair
 
+SIDES = ("chosen", "rejected")
 COMMON = [
     "--per_device_train_batch_size",
     "8",
@@ -151,8 +152,8 @@ def train(model: str, data: str, out: Path, loss_type: str, *extra: str) -> str:
     return str(out)
 
 
-@pytest.mark.parametrize("method", ["S", "D"])
-def test_two_model_sources_end_to_end(method, tiny_model_dir, toy_data_files, small_data, tmp_path):
+@pytest.mark.parametrize("method,transform", [("S", "threshold_and_scale"), ("D", "exp")])
+def test_two_model_sources_end_to_end(method, transform, tiny_model_dir, toy_data_files, small_data, tmp_path):
     loss = "sft" if method == "S" else "dpo"
     positive = train(tiny_model_dir, toy_data_files[0], tmp_path / "pos", loss)
     negative = train(tiny_model_dir, toy_data_files[0], tmp_path / "neg", loss, "--reverse_pairs")
@@ -169,7 +170,7 @@ def test_two_model_sources_end_to_end(method, tiny_model_dir, toy_data_files, sm
             "--output_file",
             out,
             "--weight_transform",
-            "rank_based",
+            transform,
         )
         == 0
     )
@@ -203,8 +204,19 @@ def test_two_model_sources_end_to_end(method, tiny_model_dir, toy_data_files, sm
         )
         == 0
     )
+    config = WeightTransformConfig(name=transform)
+    for index, row in enumerate(rows):
+        chosen, rejected = transform_pair(row["chosen_token_rewards"], row["rejected_token_rewards"], config, index)
+        assert row["chosen_weights"] == chosen.tolist() and row["rejected_weights"] == rejected.tolist()
+    # The two steps of 8 and 4 pairs train each of the 12 pairs once, untruncated at max_length 64: the
+    # logged mean is the token-weighted mean of the file's chosen weights (neither transform has mean 1).
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    longest = max(len(tokenizer(r["prompt"])["input_ids"]) + len(r[f"{s}_token_ids"]) for r in rows for s in SIDES)
+    assert longest <= 64 and len(rows) == 12
+    expected = sum(sum(row["chosen_weights"]) for row in rows) / sum(len(row["chosen_weights"]) for row in rows)
     history = json.loads((tis / "trainer_state.json").read_text())["log_history"]
-    assert 0.7 <= history[-1]["weights/chosen_mean"] <= 1.3
+    assert history[-1]["weights/chosen_mean"] == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - 1) > 1e-3
 
 
 def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_data, tmp_path):
@@ -385,3 +397,132 @@ def test_bad_weight_arguments(args, message, tiny_model_dir, small_data, tmp_pat
         == 1
     )
     assert message in capsys.readouterr().err
+
+
+def p_weights(model: str, data, out, *extra) -> list[str]:
+    return [
+        "weights",
+        "--model_name_or_path",
+        str(model),
+        "--positive_prompt",
+        "harmless",
+        "--negative_prompt",
+        "harmful",
+        "--dataset_name",
+        str(data),
+        "--output_file",
+        str(out),
+        *[str(a) for a in extra],
+    ]
+
+
+def test_reverse_pairs_is_refused_with_the_equivalent_way(tiny_model_dir, small_data, tmp_path, capsys):
+    out = tmp_path / "w.jsonl"
+    assert run(*p_weights(tiny_model_dir, small_data, out, "--reverse_pairs", "true")) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tisdpo weights: error: --reverse_pairs: tisdpo weights scores the pairs as the file has them; score them "
+        "without it, then train on the weights file with --reverse_pairs true, which swaps texts, token ids, rewards "
+        "and weights together (exactly the weights of the reversed contrast on the reversed pairs)"
+    )
+    assert not out.exists()
+    # The claim: the weights file, swapped as training swaps it, holds the weights that the reversed
+    # contrast (harmful vs harmless) gives the reversed pairs.
+    from tisdpo.data.formats import FormatOptions, normalize_row
+
+    assert run(*p_weights(tiny_model_dir, small_data, out)) == 0
+    pairs = read_jsonl(Path(small_data))
+    swapped_data = write_jsonl(
+        tmp_path / "swapped.jsonl", [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in pairs]
+    )
+    reversed_out = tmp_path / "reversed.jsonl"
+    argv = p_weights(tiny_model_dir, swapped_data, reversed_out)
+    positive, negative = argv.index("harmless"), argv.index("harmful")
+    argv[positive], argv[negative] = "harmful", "harmless"
+    assert run(*argv) == 0
+    for row, expected in zip(read_jsonl(out), read_jsonl(reversed_out)):
+        as_trained = normalize_row(row, FormatOptions(reverse=True), str(out), "line")
+        for side in SIDES:
+            assert as_trained[side] == expected[side]
+            assert as_trained[f"{side}_token_ids"] == expected[f"{side}_token_ids"]
+            assert as_trained[f"{side}_weights"] == pytest.approx(expected[f"{side}_weights"], abs=1e-5)
+            # the rewards of the reversed contrast are the opposite ones
+            negated = [-r for r in expected[f"{side}_token_rewards"]]
+            assert as_trained[f"{side}_token_rewards"] == pytest.approx(negated, abs=1e-5)
+
+
+# -- resumable parts: every option that changes the rows is in their fingerprint ---------------------------
+
+
+def pku_rows() -> list[dict]:
+    rows = []
+    for index, pair in enumerate(toy_pairs(7, seed=9)):
+        better = index % 2
+        rows.append(
+            {
+                "prompt": pair["prompt"],
+                "response_0": pair["chosen"],
+                "response_1": pair["rejected"] if index != 1 else pair["chosen"],  # row 1: identical responses
+                "better_response_id": better,
+                "safer_response_id": 1 - better,
+            }
+        )
+    return rows
+
+
+def perturb_model_in_place(model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(model_dir)
+
+
+RESUME_CHANGES = {  # option: (flags of the interrupted run, flags of its resume); parts of 2 rows
+    "preference_key": (["--preference_key", "better"], ["--preference_key", "safer"]),
+    "prompt_template": ([], ["--prompt_template", "Q: {prompt} A:"]),
+    "drop_identical_pairs": ([], ["--drop_identical_pairs", "true"]),
+    "max_samples": ([], ["--max_samples", "3"]),  # the second part had rows 2 and 3, now row 2 alone
+    "max_length": ([], ["--max_length", "18"]),
+    "max_prompt_length": ([], ["--max_prompt_length", "6"]),
+    "positive_prompt": ([], ["--positive_prompt", "helpful"]),
+    "negative_prompt": ([], ["--negative_prompt", "unhelpful"]),
+    "dtype": ([], ["--dtype", "bfloat16"]),
+    "model_files": ([], []),  # the model folder is retrained in place between the two runs
+}
+
+
+@pytest.mark.parametrize("option", list(RESUME_CHANGES))
+def test_resume_after_an_option_changed_equals_a_fresh_run(option, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import tisdpo.commands.weights as weights_command
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = write_jsonl(tmp_path / "pku.jsonl", pku_rows())
+    before, after = RESUME_CHANGES[option]
+    out = tmp_path / "w.jsonl"
+    real, calls = weights_command.score_part, []
+
+    def stop_after_two_parts(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(weights_command, "score_part", stop_after_two_parts)
+    assert run(*p_weights(model, data, out, "--rows_per_part", "2", *before)) == 130
+    parts = sorted(Path(f"{out}.parts").glob("part-*.jsonl"))
+    assert len(parts) == 2
+    stale = [json.loads(line)["result"] for part in parts for line in part.read_text().splitlines()]
+    monkeypatch.setattr(weights_command, "score_part", real)
+    if option == "model_files":
+        perturb_model_in_place(model)
+    fresh = tmp_path / "fresh.jsonl"
+    assert run(*p_weights(model, data, fresh, "--rows_per_part", "2", *after)) == 0
+    # the option does change what the parts hold ...
+    columns = ("chosen_token_ids", "rejected_token_ids", "chosen_token_rewards", "rejected_token_rewards")
+    fresh_results = [{c: row[c] for c in columns} for row in read_jsonl(fresh)]
+    assert stale != fresh_results[: len(stale)]
+    # ... so the resumed run must not reuse it
+    assert run(*p_weights(model, data, out, "--rows_per_part", "2", *after)) == 0
+    assert out.read_text() == fresh.read_text()

@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tisdpo {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug or a library failure: still one line, the traceback on request
+        if debug:
+            raise
+        print(
+            f"tisdpo {name}: error: {type(err).__name__}: {one_line(err)} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

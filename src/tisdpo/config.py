@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,25 @@ from transformers.hf_argparser import string_to_bool
 
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
+from tisdpo.modeling import join_gguf
 
 LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "dlma", "sparsepo", "sft")
 REFERENCE_FREE_LOSSES = ("simpo", "sft")
+# beta when --beta is not given: each objective's published default, and where it comes from.
+DEFAULT_BETAS: dict[str, tuple[float, str]] = {
+    "dpo": (0.1, "DPO's default"),
+    "cdpo": (0.1, "DPO's default"),
+    "ipo": (0.1, "TRL's IPO default"),
+    "tdpo1": (0.1, "TDPO's reference code"),
+    "tdpo2": (0.1, "TDPO's reference code"),
+    "simpo": (2.0, "SimPO's default"),
+    "tisdpo": (0.1, "the TIS-DPO reference code's"),
+    "dlma": (0.1, "DLMA's reference run"),
+    "sparsepo": (0.1, "DPO's default"),
+    "sft": (0.1, "unused by sft"),
+}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +50,20 @@ class ModelArguments:
         default=None, metadata={"help": "Reference model (default: the policy's starting weights)."}
     )
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer (default: the policy's)."})
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "The policy is this GGUF file inside --model_name_or_path (a folder or hub repo); it loads "
+            "dequantized, with its tokenizer and chat template (needs the gguf package). A path ending in .gguf "
+            "works as any model name too."
+        },
+    )
+    ref_gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference is this GGUF file inside --ref_model_name_or_path (default: the policy's folder)."
+        },
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto", metadata={"help": "Weights dtype; losses are always computed in fp32."}
     )
@@ -51,6 +82,14 @@ class ModelArguments:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."}
     )
+
+    def __post_init__(self) -> None:
+        # A GGUF model is named by its file's path from here on (loading, fingerprints, provenance).
+        policy_folder = self.model_name_or_path
+        self.model_name_or_path = join_gguf(policy_folder, self.gguf_file)
+        if self.ref_gguf_file:
+            self.ref_model_name_or_path = join_gguf(self.ref_model_name_or_path or policy_folder, self.ref_gguf_file)
+        self.gguf_file = self.ref_gguf_file = None
 
 
 @dataclass
@@ -104,7 +143,13 @@ class TisdpoConfig(TrainingArguments):
     """Training arguments of transformers plus the preference objective's own."""
 
     loss_type: Literal[LOSS_TYPES] = field(default="dpo", metadata={"help": "Objective: " + ", ".join(LOSS_TYPES)})  # type: ignore[valid-type]
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta (SimPO's beta for simpo)."})
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature beta (SimPO's beta for simpo). Default: the objective's own, "
+            "2.0 for simpo and 0.1 for every other."
+        },
+    )
     label_smoothing: float | None = field(
         default=None, metadata={"help": "cDPO label noise eps (default 0.1 for cdpo, 0 otherwise)."}
     )
@@ -125,6 +170,13 @@ class TisdpoConfig(TrainingArguments):
     tisdpo_kl_coef: float = field(
         default=0.0,
         metadata={"help": "Coefficient of TIS-DPO's weighted sequential-KL term (0 = off, the default)."},
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Set every dropout of the policy to 0 while training (as TRL does): the policy then matches its "
+            "eval-mode reference at the start. false keeps the model's dropout."
+        },
     )
     precompute_ref_log_probs: bool = field(
         default=True,
@@ -149,6 +201,10 @@ class TisdpoConfig(TrainingArguments):
         default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
     )
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint found in output_dir."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Batch pairs of similar length (TRL's name for --train_sampling_strategy group_by_length)."},
+    )
     skip_nonfinite_batches: bool = field(
         default=False,
         metadata={
@@ -168,8 +224,14 @@ class TisdpoConfig(TrainingArguments):
         if os.path.isfile(self.output_dir):
             raise UserError("is a file; --output_dir must be a folder", source=self.output_dir, field="output_dir")
         self.remove_unused_columns = False
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"  # transformers 5 dropped the flag TRL users know
         if self.label_smoothing is None:
             self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
+        if self.beta is None:
+            self.beta, source = DEFAULT_BETAS[self.loss_type]
+            if self.loss_type != "sft":
+                logger.info("loss_type %s: beta %s (%s; set --beta to change)", self.loss_type, self.beta, source)
         if self.needs_token_kl:
             self.precompute_ref_log_probs = False  # the KL terms need the full reference distribution
         super().__post_init__()

@@ -7,18 +7,24 @@ each chunk's logits in backward. No (batch x length x vocabulary) tensor, and no
 log-softmax, ever exists: peak extra memory is one ``chunk_size x vocabulary`` block.
 
 ``logits`` path: the model's own forward (``logits_to_keep`` trims the prompt-only tail), then a
-gather of the label logit minus a logsumexp. Used for models whose head is not a plain linear layer
-(logit soft-capping or scaling) and when the full distribution is needed (TDPO's KL terms).
+gather of the label logit minus a logsumexp. Used when the full distribution is needed (TDPO's KL
+terms) and for every model whose logits are not exactly ``hidden @ W^T``: the chunked path is taken
+only for a model that passes :func:`chunked_head_is_exact` (a config check, then a probe run once
+per model), so soft-capped or scaled logits are never silently computed without their cap.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 # Tokens per LM-head block: measured fastest on CPU among 128/256/1024 (benchmarks/bench_scoring.py).
 DEFAULT_CHUNK_SIZE = 128
@@ -111,29 +117,175 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def head_is_plain_linear(model: nn.Module) -> bool:
+# Config fields of models whose logits are post-processed after the LM head (soft-capping, scaling).
+LOGIT_POSTPROCESSING_FIELDS = (
+    "final_logit_softcapping",  # Gemma 2/3/4
+    "logits_soft_cap",  # RecurrentGemma
+    "logit_scale",  # Cohere
+    "logits_scaling",  # Granite
+    "output_multiplier",
+    "lm_head_multiplier",
+)
+PROBE_TOKENS = 8
+# Values the probe's stand-in LM head returns: wide enough that any soft cap below ~1e4 changes them.
+PROBE_LOGIT_RANGE = 100.0
+
+
+def configs_of(config: object, depth: int = 3) -> Iterator[object]:
+    """A model config and the configs nested in it (``text_config``, ``decoder`` ...)."""
+    yield config
+    if depth == 0:
+        return
+    for value in vars(config).values() if hasattr(config, "__dict__") else ():
+        if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a PretrainedConfig
+            yield from configs_of(value, depth - 1)
+
+
+def logit_postprocessing_field(config: object) -> str | None:
+    """The first config field (top-level or nested) that says logits are post-processed after the head."""
+    if config is None:
+        return None
+    for sub_config in configs_of(config):
+        for name in LOGIT_POSTPROCESSING_FIELDS:
+            if getattr(sub_config, name, None) not in (None, 1.0, 1):
+                return name
+    return None
+
+
+def config_mismatch(model: nn.Module) -> str | None:
+    """The cheap check: why the head is not a plain bias-free ``nn.Linear`` whose logits are used as they
+    are (a config field that soft-caps or scales them), or None."""
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    config = getattr(base, "config", None)
-    special = any(
-        getattr(config, name, None) not in (None, 1.0)
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
-    )
-    return isinstance(head, nn.Linear) and head.bias is None and not special
+    if head is None:
+        return "it has no output embeddings"
+    if type(head) is not nn.Linear:
+        return f"its LM head is a {type(head).__name__}, not a plain Linear"
+    if head.bias is not None:
+        return "its LM head has a bias"
+    field_name = logit_postprocessing_field(getattr(base, "config", None))
+    return None if field_name is None else f"its config sets {field_name}"
 
 
 @contextlib.contextmanager
-def head_as_identity(model: nn.Module) -> Iterator[nn.Linear]:
+def replaced_forward(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[nn.Module]:
+    """Run ``forward`` in place of ``module``'s forward for the duration of the block.
+
+    A forward already set on the instance (accelerate's device hooks) is put back afterwards.
+    """
+    previous = module.__dict__.get("forward")
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield module
+    finally:
+        if previous is None:
+            del module.forward  # back to the class's forward
+        else:
+            module.forward = previous  # type: ignore[method-assign]
+
+
+def head_as_identity(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Make the model return hidden states instead of logits for the duration of the block.
 
     The forward still goes through every wrapper (DDP, PEFT), so their hooks run as usual.
     """
-    head = unwrap(model).get_output_embeddings()
-    head.forward = lambda hidden_states: hidden_states  # type: ignore[method-assign]
+    return replaced_forward(unwrap(model).get_output_embeddings(), lambda hidden_states: hidden_states)
+
+
+def outer_model(model: nn.Module) -> nn.Module:
+    """``model`` without its process wrappers (DDP, ``AdapterView``), still with PEFT's: what the probe runs.
+
+    DDP is left out so that the probe's forward is no collective and touches no gradient bookkeeping.
+    """
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients in the block; every submodule's own training flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
     try:
-        yield head
+        with torch.no_grad():
+            yield
     finally:
-        del head.forward  # restores the class's forward
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def probe_mismatch(model: nn.Module) -> str | None:
+    """Why the chunked path would not reproduce this model's own logits, or None when it does.
+
+    Three forwards on a few token ids, in eval mode without gradients: (1) with a stand-in LM head that
+    returns known values, the model must return exactly those (soft-capping, scaling, a bias or slicing
+    after the head all show up, whatever the weights); (2) the chunked computation, ``hidden @ W^T`` on
+    the head's input, must match (3) the model's own logits within the dtype's tolerance.
+    """
+    target = outer_model(model)
+    base = unwrap(model)
+    head = base.get_output_embeddings()
+    vocab, width = head.weight.shape
+    embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    device = embeddings.weight.device if embeddings is not None else head.weight.device
+    known_ids = min(vocab, embeddings.weight.shape[0]) if embeddings is not None else vocab
+    input_ids = torch.linspace(0, known_ids - 1, PROBE_TOKENS, device=device).long()[None]
+    probe_values = torch.linspace(-PROBE_LOGIT_RANGE, PROBE_LOGIT_RANGE, vocab, device=head.weight.device)
+    returned: list[torch.Tensor] = []
+
+    def stand_in_head(hidden_states: torch.Tensor) -> torch.Tensor:
+        values = probe_values.to(hidden_states.dtype).expand(*hidden_states.shape[:-1], vocab).contiguous()
+        returned.append(values.clone())  # kept apart, in case the model edits its logits in place
+        return values
+
+    def forward() -> torch.Tensor:
+        return target(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
+
+    with evaluation_mode(target):
+        logits = forward()
+        with replaced_forward(head, stand_in_head):
+            passed_through = forward()
+        with head_as_identity(model):
+            hidden = forward()
+    if len(returned) != 1:
+        return f"its forward calls its LM head {len(returned)} times"
+    expected = returned[0].float().to(passed_through.device)
+    if passed_through.shape != expected.shape or not torch.equal(passed_through.float(), expected):
+        return "its logits are post-processed after the LM head (soft-capping or scaling)"
+    if hidden.shape[-1] != width:
+        return f"its LM head's input has width {hidden.shape[-1]}, not the head's {width}"
+    chunked = (hidden.to(head.weight.dtype) @ head.weight.t()).float()
+    logits = logits.float().to(chunked.device)
+    tolerance = 1e-4 if head.weight.dtype == torch.float32 else 2e-2
+    error = float((chunked - logits).abs().max())
+    if not error <= tolerance * (1.0 + float(logits.abs().max())):
+        return f"hidden @ W^T differs from its own logits by {error:.3g}"
+    return None
+
+
+# Verdict of chunked_head_is_exact per model (the unwrapped PreTrainedModel): (head it was made for, verdict).
+_verdicts: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module | None, bool]] = weakref.WeakKeyDictionary()
+
+
+def chunked_head_is_exact(model: nn.Module) -> bool:
+    """Whether the chunked path computes exactly this model's log-probs; decided once per model and head.
+
+    The config check first, then :func:`probe_mismatch`; a model that fails either is scored through its
+    own logits (``--logprob_path logits``), said once in the log.
+    """
+    base = unwrap(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    cached = _verdicts.get(base)
+    if cached is not None and cached[0] is head:
+        return cached[1]
+    reason = config_mismatch(model) or probe_mismatch(model)
+    if reason is not None:
+        name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
+        logger.info("%s: %s; its log-probs are computed from its own logits (--logprob_path logits)", name, reason)
+    _verdicts[base] = (head, reason is None)
+    return reason is None
 
 
 def completion_logps(
@@ -158,11 +310,15 @@ def completion_logps(
     used = int((completion_start + completion_mask.sum(-1)).max())
     input_ids, attention_mask = input_ids[:, :used], attention_mask[:, :used]
     hidden_at_completion = None
-    if path == "chunked" and not return_logits and head_is_plain_linear(model):
+    if path == "chunked" and not return_logits and chunked_head_is_exact(model):
         with head_as_identity(model) as head:
             hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         hidden_at_completion = hidden[rows, positions]
-        token_logps, mean_logits = ChunkedLinearLogProb.apply(hidden_at_completion, head.weight, labels, chunk_size)
+        # Under mixed precision the model's outputs come back in fp32 while a bf16 model's head stays bf16:
+        # the head runs in its weight's dtype, as it would inside the model.
+        token_logps, mean_logits = ChunkedLinearLogProb.apply(
+            hidden_at_completion.to(head.weight.dtype), head.weight, labels, chunk_size
+        )
         logits = None
     else:
         first = int(completion_start.min()) - 1

@@ -1,4 +1,10 @@
-"""Load models and tokenizers (hub id or local folder), with dtype, attention and PEFT options."""
+"""Load models and tokenizers (hub id, local folder or GGUF file), with dtype, attention and PEFT options.
+
+A GGUF model is named by the path of its ``.gguf`` file (``folder/model.Q4_1.gguf``, or a hub repo id
+followed by the file name): transformers dequantizes it to a plain model and builds the tokenizer and
+chat template from the file's metadata (the ``gguf`` package must be installed). What we save from
+such a model is an ordinary safetensors folder that reloads without ``gguf``.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +60,44 @@ def distributed_state() -> Any:
     return state
 
 
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf(name_or_path: str) -> bool:
+    return name_or_path.lower().endswith(GGUF_SUFFIX)
+
+
+def join_gguf(name_or_path: str | None, gguf_file: str | None) -> str | None:
+    """One name for a model that lives in a GGUF file: the file's path (``--model_name_or_path FOLDER
+    --gguf_file NAME`` becomes ``FOLDER/NAME``); a name that is already a ``.gguf`` path stays as it is."""
+    if not gguf_file or name_or_path is None or is_gguf(name_or_path):
+        return name_or_path
+    return os.path.join(name_or_path, gguf_file)
+
+
+def split_gguf(name_or_path: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None), as ``from_pretrained(folder, gguf_file=name)`` takes them."""
+    if not is_gguf(name_or_path):
+        return name_or_path, None
+    folder, name = os.path.split(name_or_path)
+    return folder or ".", name
+
+
+def check_gguf(path: str) -> None:
+    """A GGUF model needs the gguf package, and a local file must exist and start like a GGUF file."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("loading a GGUF file needs the gguf package: pip install gguf", source=path)
+    if not looks_local(path):
+        return  # a file in a hub repo: from_pretrained fetches it
+    if not os.path.isfile(path):
+        raise UserError("GGUF file not found", source=path)
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UserError("not a GGUF file (it does not start with the GGUF magic bytes)", source=path)
+
+
 def looks_local(name_or_path: str) -> bool:
     return (
         os.path.isabs(name_or_path)
@@ -89,10 +133,15 @@ def check_model_folder(path: str, what: str = "model") -> None:
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    if looks_local(name_or_path):
+    folder, gguf_file = split_gguf(name_or_path)
+    if gguf_file:
+        check_gguf(name_or_path)
+    elif looks_local(name_or_path):
         check_model_folder(name_or_path, what="tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, revision=revision, gguf_file=gguf_file
+        )
     except Exception as err:  # transformers raises many kinds for a broken or missing tokenizer
         raise UserError(f"could not load the tokenizer: {type(err).__name__}: {err}", source=name_or_path) from None
     if tokenizer.pad_token_id is None:
@@ -111,10 +160,14 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with people-friendly errors (a PEFT folder loads its base + adapter)."""
+    """``AutoModelForCausalLM.from_pretrained`` with people-friendly errors (a PEFT folder loads its base +
+    adapter; a ``.gguf`` path loads dequantized, as a plain model)."""
     from transformers import AutoModelForCausalLM
 
-    if looks_local(name_or_path):
+    folder, gguf_file = split_gguf(name_or_path)
+    if gguf_file:
+        check_gguf(name_or_path)
+    elif looks_local(name_or_path):
         check_model_folder(name_or_path)
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(dtype),
@@ -124,15 +177,40 @@ def load_causal_lm(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        if os.path.exists(os.path.join(name_or_path, "adapter_config.json")):
+        is_adapter = os.path.exists(os.path.join(name_or_path, "adapter_config.json"))
+        base = adapter_base(name_or_path) if is_adapter else None
+        if base is not None and is_gguf(base):
+            from peft import PeftModel
+
+            base_model = load_causal_lm(base, dtype, attn_implementation, trust_remote_code, revision)
+            return PeftModel.from_pretrained(base_model, name_or_path, is_trainable=False).merge_and_unload()
+        if is_adapter:
             from peft import AutoPeftModelForCausalLM
 
             return AutoPeftModelForCausalLM.from_pretrained(
                 name_or_path, is_trainable=False, **kwargs
             ).merge_and_unload()
+        if gguf_file:
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
+            return without_quantization(model, name_or_path)
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise UserError(f"could not load the model: {type(err).__name__}: {err}", source=name_or_path) from None
+
+
+def without_quantization(model: Any, gguf_path: str) -> Any:
+    """A GGUF model comes dequantized but still labelled with its quantization config, which makes
+    ``save_pretrained`` refuse it; its weights are plain tensors, so the label is dropped. The model is
+    named by its GGUF path, which a LoRA adapter trained on it records as its base."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # transformers' own way back to a plain model
+    for module in model.modules():  # what the quantizer marked: the Trainer refuses to fine-tune it
+        if getattr(getattr(module, "config", None), "_is_quantized", False):
+            module.config._is_quantized = False
+    model.config._name_or_path = gguf_path
+    model.name_or_path = gguf_path
+    return model
 
 
 def model_fingerprint_parts(name_or_path: str, model: Any) -> dict[str, Any]:
@@ -141,7 +219,10 @@ def model_fingerprint_parts(name_or_path: str, model: Any) -> dict[str, Any]:
     A LoRA adapter folder also names its base model's files: the adapter alone does not fix the weights.
     """
     parts: dict[str, Any] = {"name": name_or_path, "dtype": str(next(model.parameters()).dtype)}
-    if os.path.isdir(name_or_path):
+    if os.path.isfile(name_or_path):  # a GGUF file
+        stat = os.stat(name_or_path)
+        parts["files"] = [(os.path.basename(name_or_path), stat.st_size, stat.st_mtime_ns)]
+    elif os.path.isdir(name_or_path):
         parts["files"] = folder_files(name_or_path)
         base = adapter_base(name_or_path)
         if base is not None:

@@ -26,7 +26,7 @@ from tisdpo.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: soft-capped heads scored with their cap (the chunked path verifies itself)
 
 
 def default_cache_dir() -> str:

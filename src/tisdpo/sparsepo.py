@@ -43,12 +43,48 @@ class MaskHead(nn.Module):
 
 
 def attach_mask_head(model: nn.Module) -> MaskHead:
-    """Add (or return the existing) mask head to ``model`` so it trains and saves with it."""
+    """Add (or return the existing) mask head to ``model`` so it trains and saves with it.
+
+    A model saved after SparsePO training holds its head's weights beside its own, which
+    ``from_pretrained`` passes over as unexpected keys: they are read back from the model's folder,
+    so evaluating or continuing from it uses the learned masks, not fresh ones (all 1, i.e. DPO).
+    """
     head = getattr(model, HEAD_ATTRIBUTE, None)
     if head is None:
         head = MaskHead(model.config.hidden_size).to(next(model.parameters()).device)
+        saved = saved_head_state(getattr(model, "name_or_path", None) or "")
+        if saved:
+            head.load_state_dict(saved)
         setattr(model, HEAD_ATTRIBUTE, head)
     return head
+
+
+def saved_head_state(folder: str) -> dict[str, torch.Tensor] | None:
+    """The mask head's weights in a local ``save_pretrained`` folder (None when it has none)."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    if not os.path.isdir(folder):
+        return None
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            files = sorted(set(json.load(handle)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    prefix = HEAD_ATTRIBUTE + "."
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if key.startswith(prefix):
+                    state[key[len(prefix) :]] = handle.get_tensor(key)
+    return state or None
 
 
 def learned_masks(head: MaskHead, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

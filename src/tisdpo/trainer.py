@@ -2,8 +2,12 @@
 
 The loop, checkpoints, resume, gradient accumulation, mixed precision, report_to and the
 accelerate / DeepSpeed / FSDP integration all come from ``transformers.Trainer``; this class
-computes the loss and the TRL-named metrics, and adds three guarantees:
+computes the loss and the TRL-named metrics, and adds these guarantees:
 
+* one step, however split: the loss of an optimizer step is the mean over all of its items (pairs;
+  completion tokens for sft), whatever its split into micro-batches (gradient accumulation) and processes;
+* no dropout in the policy (``--disable_dropout``, on by default), so that it matches its eval-mode
+  reference; the saved config keeps the model's own dropout settings;
 * numerical guards: a non-finite loss, or a non-finite gradient norm at an optimizer step, stops the
   run with the step, the pairs and a hint (or, with ``--skip_nonfinite_batches``, the step is
   skipped: no parameter moves, and ``nonfinite_batches_skipped`` counts it in the logs);
@@ -23,10 +27,12 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
+from torch import nn
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -35,7 +41,7 @@ from tisdpo import losses, sparsepo
 from tisdpo.config import TisdpoConfig
 from tisdpo.data.collate import PreferenceCollator
 from tisdpo.errors import UserError
-from tisdpo.logprobs import CompletionLogps, completion_logps
+from tisdpo.logprobs import CompletionLogps, completion_logps, configs_of
 from tisdpo.utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -86,6 +92,62 @@ def last_complete_checkpoint(folder: str) -> str | None:
     return None
 
 
+def is_dropout_name(name: str) -> bool:
+    """An attribute or config field that holds a dropout probability (``attention_dropout``, GPT-2's ``attn_pdrop``)."""
+    return not name.startswith("_") and ("dropout" in name or name.endswith("pdrop"))
+
+
+def is_probability(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+
+
+ConfigChange = tuple[Any, str, Any]  # (config object, field, the value it had)
+
+
+def disable_dropout(model: nn.Module) -> tuple[int, list[ConfigChange]]:
+    """Set every dropout of ``model`` to 0: ``nn.Dropout`` layers (LoRA's included), dropout probabilities
+    that modules keep as attributes for a functional dropout (``attention_dropout`` of attention layers),
+    and the dropout fields of its configs, which some models read in their forward.
+
+    Returns the number of layers and attributes changed, and the config fields changed with their old
+    values (the trainer puts them back in every saved config).
+    """
+    changed = 0
+    configs: dict[int, Any] = {}
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p != 0:
+            module.p = 0.0
+            changed += 1
+        for name, value in list(vars(module).items()):
+            if is_dropout_name(name) and is_probability(value):
+                setattr(module, name, 0.0)
+                changed += 1
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            for sub_config in configs_of(config):
+                configs.setdefault(id(sub_config), sub_config)
+    config_changes: list[ConfigChange] = []
+    for config in configs.values():
+        for name, value in list(vars(config).items()):
+            if is_dropout_name(name) and is_probability(value):
+                config_changes.append((config, name, value))
+                setattr(config, name, 0.0)
+    return changed, config_changes
+
+
+@contextlib.contextmanager
+def config_values_restored(changes: list[ConfigChange]) -> Iterator[None]:
+    """The configs' original values inside the block (for saving), the changed ones again after it."""
+    changed_values = [getattr(config, name) for config, name, _ in changes]
+    for config, name, value in changes:
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for (config, name, _), value in zip(changes, changed_values):
+            setattr(config, name, value)
+
+
 class PreferenceTrainer(Trainer):
     def __init__(
         self,
@@ -99,8 +161,13 @@ class PreferenceTrainer(Trainer):
             sparsepo.attach_mask_head(model)  # before the optimizer is built, so the head trains too
         sides = ("chosen",) if args.loss_type == "sft" else ("chosen", "rejected")
         kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
+        training = kwargs.get("train_dataset") is not None  # evaluation alone runs in eval mode: no dropout anyway
+        dropout_config_changes = self._disable_dropout(model) if args.disable_dropout and training else []
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
-        self.loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+        # compute_loss divides by the items (pairs, or completion tokens for sft) of the whole optimizer
+        # step on all processes (num_items_in_batch): already scaled for gradient accumulation.
+        self.loss_is_scaled_for_ga = True
+        self._dropout_config_changes = dropout_config_changes
         self.logprob_path = args.logprob_path
         deepspeed_plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if self.is_fsdp_enabled or (deepspeed_plugin is not None and deepspeed_plugin.zero_stage == 3):
@@ -123,6 +190,49 @@ class PreferenceTrainer(Trainer):
         self._step_nonfinite_loss: str | None = None
         self.nonfinite_batches_skipped = 0
         self._checkpoint_staging: str | None = None
+
+    @staticmethod
+    def _disable_dropout(model: nn.Module) -> list[ConfigChange]:
+        changed, config_changes = disable_dropout(model)
+        if changed or config_changes:
+            fields = sorted({name for _, name, _ in config_changes})
+            logger.info(
+                "dropout disabled in the policy: %d layers/attributes%s set to 0 (--disable_dropout false keeps it)",
+                changed,
+                f", config {', '.join(fields)}" if fields else "",
+            )
+        return config_changes
+
+    # -- loss normalization -------------------------------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """What one optimizer step's loss averages over, summed over its micro-batches and all processes:
+        completion tokens for sft, pairs for the preference objectives.
+
+        transformers would count ``labels`` (we have none); counting ourselves makes the loss the same
+        however the step's batch is split into micro-batches and processes.
+        """
+        if not batch_samples:
+            return None
+        if self.args.loss_type == "sft":
+            count = sum(int(batch["completion_mask"].sum()) for batch in batch_samples)
+        else:
+            count = sum(int(batch["pair_index"].shape[0]) for batch in batch_samples)
+        total = torch.tensor(count, dtype=torch.float32, device=device)
+        if self.accelerator.num_processes > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return total
+
+    def _step_mean(self, total: torch.Tensor, count: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """``total`` (a sum of per-item losses) as this micro-batch's share of the step's mean loss.
+
+        With the step's item count the gradients sum to those of the mean over the whole step, however it
+        is split; the factor undoes DDP's (and FSDP's, DeepSpeed's) average of gradients over processes.
+        Without it (evaluation) this batch's own mean.
+        """
+        if num_items_in_batch is None:
+            mean = total / count.clamp(min=1)
+            return mean / self.args.gradient_accumulation_steps if self.model.training else mean
+        return total / num_items_in_batch * self.accelerator.num_processes
 
     # -- metrics ----------------------------------------------------------------------------
     def _record(self, name: str, values: torch.Tensor, counts: torch.Tensor | None = None) -> None:
@@ -222,13 +332,13 @@ class PreferenceTrainer(Trainer):
             policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=learned_masks)
             mask = inputs["completion_mask"]
             if args.loss_type == "sft":
-                loss = losses.sft_loss(policy.logps, mask)
+                loss = self._step_mean(-(policy.logps * mask).sum(), mask.sum(), num_items_in_batch)
                 self._record("logps/chosen", losses.masked_sum(policy.logps, mask))
                 if not training:  # eval_loss: the NLL per completion token over the whole set
                     self._record("loss", -losses.masked_sum(policy.logps, mask), mask.sum(-1))
             else:
                 per_pair = self._preference_loss(model, inputs, policy)
-                loss = per_pair.mean()
+                loss = self._step_mean(per_pair.sum(), torch.tensor(per_pair.numel()), num_items_in_batch)
                 if not training:  # eval_loss: the mean over the pairs of the whole set
                     self._record("loss", per_pair)
             batch_metrics = self._batch_metrics
@@ -373,6 +483,10 @@ class PreferenceTrainer(Trainer):
         and each file is then moved in with an atomic rename: a kill leaves either the previous
         file or the new one, never a truncated one.
         """
+        with config_values_restored(self._dropout_config_changes):  # the model's own dropout in its saved config
+            self._save_model(output_dir, _internal_call)
+
+    def _save_model(self, output_dir: str | None, _internal_call: bool) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if _internal_call or self._checkpoint_staging is not None:
             super().save_model(output_dir, _internal_call)

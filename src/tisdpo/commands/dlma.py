@@ -7,7 +7,10 @@ prompt p-, and scores the pair with the same model under both prompts:
 
 The output rows are ``prompt``, ``chosen`` (a1), ``rejected`` (a2) and ``dlma_score`` (R): a plain
 preference file for ``tisdpo train --loss_type dlma`` (DPO with R as a margin), ``tisdpo weights``
-and TIS-DPO. Log-probs are teacher-forced on the responses as the trainer tokenizes them.
+and TIS-DPO. Conversational prompts give conversational pairs (each response an assistant message).
+Log-probs are teacher-forced on the trainer's completion ids (for conversations, the tokens the chat
+template adds after the generation prompt), the contexts built by the one tokenization path: only the
+user's prompt is cut to ``max_prompt_length``, never the contrastive text.
 """
 
 from __future__ import annotations
@@ -57,35 +60,97 @@ class DlmaArguments:
     )
 
 
-def contrast_ids(item: PromptItem, prompt: ContrastivePrompt, pair_tokenizer: PairTokenizer) -> list[int]:
-    """Token ids of the prompt under a contrastive prompt, tokenized as training does."""
-    applied = prompt.apply(item.prompt)
-    if isinstance(applied, list):
-        text = pair_tokenizer.tokenizer.apply_chat_template(applied, tokenize=False, add_generation_prompt=True)
-        return pair_tokenizer.truncate_prompt(pair_tokenizer.encode_prompt(text, True))
-    return pair_tokenizer.truncate_prompt(pair_tokenizer.encode_prompt(applied, False))
+def as_response(text: str, chat: bool) -> str | list[dict[str, str]]:
+    """A sampled response in the prompt's format: conversational prompts get an assistant message."""
+    return [{"role": "assistant", "content": text}] if chat else text
 
 
 def dlma_scores(
     model: Any,
     pair_tokenizer: PairTokenizer,
-    positive: list[list[int]],
-    negative: list[list[int]],
-    a1: list[list[int]],
-    a2: list[list[int]],
+    rows: list[dict[str, Any]],
+    positive: ContrastivePrompt,
+    negative: ContrastivePrompt,
     batch_size: int,
-) -> list[float]:
-    """R for each prompt, from teacher-forced sequence log-probs under both contexts."""
-    sequences = []
-    for pos, neg, first, second in zip(positive, negative, a1, a2):
-        sequences += [(pos, first), (neg, first), (pos, second), (neg, second)]
+) -> list[float | None]:
+    """R for each pair (None when truncation leaves no completion token), teacher-forced on the trainer's
+    completion ids under each contrastive prompt."""
+    sequences, scored = [], []
+    for index, row in enumerate(rows):
+        pair = pair_tokenizer.tokenize(row)
+        if pair is None:
+            continue
+        pos = pair_tokenizer.contrast_context(row, positive.apply, pair).ids
+        neg = pair_tokenizer.contrast_context(row, negative.apply, pair).ids
+        sequences += [
+            (pos, pair.chosen_ids),
+            (neg, pair.chosen_ids),
+            (pos, pair.rejected_ids),
+            (neg, pair.rejected_ids),
+        ]
+        scored.append(index)
     logps = [
         sum(values)
         for values in score_sequences(
             model, sequences, pair_tokenizer.tokenizer.pad_token_id, batch_size, progress=False
         )
     ]
-    return [(logps[4 * i] - logps[4 * i + 1]) - (logps[4 * i + 2] - logps[4 * i + 3]) for i in range(len(positive))]
+    scores: list[float | None] = [None] * len(rows)
+    for k, index in enumerate(scored):
+        scores[index] = (logps[4 * k] - logps[4 * k + 1]) - (logps[4 * k + 2] - logps[4 * k + 3])
+    return scores
+
+
+def generate_pairs(
+    model: Any,
+    pair_tokenizer: PairTokenizer,
+    shard: list[PromptItem],
+    positive: ContrastivePrompt,
+    negative: ContrastivePrompt,
+    eos: list[int],
+    args: DlmaArguments,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """This process's pairs (a1 sampled under p+, a2 under p-, scored) and its skipped counts
+    [an empty sample, no room for a completion under max_length]."""
+    tokenizer = pair_tokenizer.tokenizer
+    state = distributed_state()
+    contexts = {
+        role: [pair_tokenizer.contrast_prompt(item.prompt, prompt.apply) for item in shard]
+        for role, prompt in (("positive", positive), ("negative", negative))
+    }
+    seed = args.seed + 1000 * state.process_index
+    sampled = []
+    for role in ("positive", "negative"):
+        seed += 1
+        samples = sample_responses(
+            model,
+            [context.ids for context in contexts[role]],
+            1,
+            eos,
+            tokenizer.pad_token_id,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            seed=seed,
+            batch_size=args.generation_batch_size,
+            desc=f"sampling ({role})",
+            progress=state.is_main_process,
+        )
+        sampled.append([tokenizer.decode(s[0], skip_special_tokens=True) for s in samples])
+    kept = [k for k in range(len(shard)) if sampled[0][k].strip() and sampled[1][k].strip()]
+    pairs = [
+        {
+            "source_index": shard[k].source_index,
+            "prompt": shard[k].prompt,
+            "chosen": as_response(sampled[0][k], shard[k].chat),
+            "rejected": as_response(sampled[1][k], shard[k].chat),
+            "prompt_cut": contexts["positive"][k].cut,
+        }
+        for k in kept
+    ]
+    scores = dlma_scores(model, pair_tokenizer, pairs, positive, negative, args.batch_size)
+    records = [{**pair, "dlma_score": float(score)} for pair, score in zip(pairs, scores) if score is not None]
+    return records, [len(shard) - len(kept), len(pairs) - len(records)]
 
 
 def run(argv: list[str]) -> None:
@@ -109,55 +174,19 @@ def run(argv: list[str]) -> None:
     )
     model = load_model(model_args, model_name).to(state.device)
     eos = eos_token_ids(tokenizer, model)
-    records: list[dict[str, Any]] = []
     with state.split_between_processes(list(range(len(items)))) as mine:
-        shard = [items[i] for i in mine]
-        pos_ids = [contrast_ids(item, positive, pair_tokenizer) for item in shard]
-        neg_ids = [contrast_ids(item, negative, pair_tokenizer) for item in shard]
-        seed = args.seed + 1000 * state.process_index
-        sampled = []
-        for role, ids in (("positive", pos_ids), ("negative", neg_ids)):
-            seed += 1
-            samples = sample_responses(
-                model,
-                ids,
-                1,
-                eos,
-                tokenizer.pad_token_id,
-                args.max_new_tokens,
-                args.temperature,
-                args.top_p,
-                seed=seed,
-                batch_size=args.generation_batch_size,
-                desc=f"sampling ({role})",
-                progress=state.is_main_process,
-            )
-            sampled.append([tokenizer.decode(s[0], skip_special_tokens=True) for s in samples])
-        kept = [k for k in range(len(shard)) if sampled[0][k].strip() and sampled[1][k].strip()]
-        completions = [[pair_tokenizer.encode_completion(sampled[side][k], False) for k in kept] for side in (0, 1)]
-        scores = dlma_scores(
-            model,
-            pair_tokenizer,
-            [pos_ids[k] for k in kept],
-            [neg_ids[k] for k in kept],
-            completions[0],
-            completions[1],
-            args.batch_size,
+        records, skipped = generate_pairs(
+            model, pair_tokenizer, [items[i] for i in mine], positive, negative, eos, args
         )
-        for score, k in zip(scores, kept):
-            records.append(
-                {
-                    "source_index": shard[k].source_index,
-                    "prompt": shard[k].prompt,
-                    "chosen": sampled[0][k],
-                    "rejected": sampled[1][k],
-                    "dlma_score": float(score),
-                }
-            )
-    gathered = [row for part in gather_object([records]) for row in part] if state.num_processes > 1 else records
+    if state.num_processes > 1:
+        gathered = [row for part in gather_object([records]) for row in part]
+        skipped = [sum(counts) for counts in zip(*gather_object([skipped]))]
+    else:
+        gathered = records
     if not state.is_main_process:
         return
     gathered.sort(key=lambda row: row.pop("source_index"))
+    prompts_cut = sum(row.pop("prompt_cut") for row in gathered)
     write_rows(output, gathered)
     write_meta(
         output,
@@ -170,7 +199,11 @@ def run(argv: list[str]) -> None:
             "tokenizer": model_args.tokenizer_name_or_path or model_name,
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "rows": len(gathered),
-            "skipped_empty": len(items) - len(gathered),
+            "skipped_empty": skipped[0],
+            "skipped_no_room": skipped[1],
+            "prompts_cut": prompts_cut,
+            "max_length": data_args.max_length,
+            "max_prompt_length": data_args.max_prompt_length,
             "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature,
             "top_p": args.top_p,
@@ -178,8 +211,12 @@ def run(argv: list[str]) -> None:
         },
     )
     logger.info(
-        "wrote %d DLMA pairs to %s (%d prompts skipped: an empty sample)",
+        "wrote %d DLMA pairs to %s (%d prompts skipped: an empty sample; %d: no room for a completion under "
+        "max_length; %d prompts longer than max_prompt_length=%s had their start cut, the contrastive text kept whole)",
         len(gathered),
         output,
-        len(items) - len(gathered),
+        skipped[0],
+        skipped[1],
+        prompts_cut,
+        data_args.max_prompt_length,
     )

@@ -26,7 +26,8 @@ from tisdpo import __version__
 from tisdpo.commands.common import distributed_state, format_options, load_model, load_model_pair
 from tisdpo.config import DataArguments, ModelArguments, parse_config
 from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
-from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
+from tisdpo.data.prepare import check_numbers, check_token_ids
+from tisdpo.data.tokenize import PairTokenizer, PromptContext, TokenizedPair, tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.modeling import load_tokenizer
@@ -95,6 +96,13 @@ class WeightsArguments:
     rows_per_part: int = field(default=256, metadata={"help": "Rows per resumable part."})
 
 
+REVERSE_PAIRS_REFUSED = (
+    "--reverse_pairs: tisdpo weights scores the pairs as the file has them; score them without it, then train "
+    "on the weights file with --reverse_pairs true, which swaps texts, token ids, rewards and weights together "
+    "(exactly the weights of the reversed contrast on the reversed pairs)"
+)
+
+
 def transform_config(args: WeightsArguments) -> WeightTransformConfig:
     config = WeightTransformConfig(
         name=args.weight_transform,
@@ -121,28 +129,21 @@ def check_rewards(row: dict[str, Any], source: str, where: str) -> None:
     for side in ("chosen", "rejected"):
         key = f"{side}_token_rewards"
         rewards = row.get(key)
-        if not isinstance(rewards, list):
+        if rewards is None:
             raise UserError(
                 "is missing: --from_rewards needs a file written by `tisdpo weights`",
                 source=source,
                 location=where,
                 field=key,
             )
-        bad = next(
-            (i for i, r in enumerate(rewards) if isinstance(r, bool) or not isinstance(r, int | float)),
-            None,
-        )
-        if bad is not None:
-            raise UserError(
-                f"reward {bad} is {rewards[bad]!r} (expected a number)", source=source, location=where, field=key
-            )
+        rewards = check_numbers(rewards, "reward", source, where, key)
         bad = next((i for i, r in enumerate(rewards) if not math.isfinite(r)), None)
         if bad is not None:
             raise UserError(
                 f"reward {bad} is {rewards[bad]} (expected a finite number)", source=source, location=where, field=key
             )
         ids = row.get(f"{side}_token_ids")
-        if isinstance(ids, list) and len(ids) != len(rewards):
+        if ids is not None and len(check_token_ids(ids, source, where, f"{side}_token_ids")) != len(rewards):
             raise UserError(
                 f"has {len(rewards)} rewards but {side}_token_ids has {len(ids)} tokens (expected one reward per token)",
                 source=source,
@@ -179,24 +180,18 @@ class Contrast:
     negative_prompt: ContrastivePrompt | None = None
 
 
-def contrast_context_ids(
+def scoring_context(
     pair_tokenizer: PairTokenizer,
     row: dict[str, Any],
-    prompt: ContrastivePrompt,
-    trained: tuple[list[int], list[int]],
+    pair: TokenizedPair,
+    prompt: ContrastivePrompt | None,
     where: str,
-) -> list[int]:
-    """Prompt ids of the scoring context; with a contrastive prompt the completion ids must not change."""
-    rendered = pair_tokenizer.render({**row, "prompt": prompt.apply(row["prompt"])})
-    if rendered.chat:
-        for side, ids in zip(("chosen", "rejected"), trained):
-            got = pair_tokenizer.encode_completion(getattr(rendered, side), True)
-            if got[: len(ids)] != ids:
-                raise UserError(
-                    f"the chat template renders the {side} response differently under the contrastive prompt '{prompt.name}'",
-                    location=where,
-                )
-    return pair_tokenizer.truncate_prompt(pair_tokenizer.encode_prompt(rendered.prompt, rendered.chat))
+) -> PromptContext:
+    """Prompt ids of one side's scoring context: the trainer's own, or the user's prompt (cut to
+    max_prompt_length, never the contrastive text) under a contrastive prompt."""
+    if prompt is None:
+        return PromptContext(pair.prompt_ids, pair.prompt_cut)
+    return pair_tokenizer.contrast_context(row, prompt.apply, pair, where)
 
 
 def score_part(
@@ -206,25 +201,21 @@ def score_part(
     args: WeightsArguments,
     where: list[str],
 ) -> list[dict[str, Any]]:
-    """Token ids and rewards for the tokenizable rows of one part (dropped rows are None)."""
+    """One line per row: ``result`` (token ids and rewards; None for a row truncation drops) and
+    ``prompt_cut`` (its prompt was longer than max_prompt_length)."""
     pairs = [pair_tokenizer.tokenize(row) for row in rows]
     kept = [i for i, pair in enumerate(pairs) if pair is not None]
     sides = {}
+    cut = [False] * len(rows)
     for name, model, prompt in (
         ("positive", contrast.positive_model, contrast.positive_prompt),
         ("negative", contrast.negative_model, contrast.negative_prompt),
     ):
         sequences = []
         for i in kept:
-            pair = pairs[i]
-            context = (
-                pair.prompt_ids
-                if prompt is None
-                else contrast_context_ids(
-                    pair_tokenizer, rows[i], prompt, (pair.chosen_ids, pair.rejected_ids), where[i]
-                )
-            )
-            sequences += [(context, pair.chosen_ids), (context, pair.rejected_ids)]
+            context = scoring_context(pair_tokenizer, rows[i], pairs[i], prompt, where[i])
+            cut[i] = cut[i] or context.cut
+            sequences += [(context.ids, pairs[i].chosen_ids), (context.ids, pairs[i].rejected_ids)]
         sides[name] = score_sequences(
             model,
             sequences,
@@ -236,19 +227,65 @@ def score_part(
             desc=f"{name} log-probs",
             progress=False,
         )
-    out: list[dict[str, Any] | None] = [None] * len(rows)
+    out: list[dict[str, Any]] = [{"result": None, "prompt_cut": False} for _ in rows]
     for k, i in enumerate(kept):
         pos, neg = sides["positive"], sides["negative"]
-        out[i] = {
+        result = {
             "chosen_token_ids": pairs[i].chosen_ids,
             "rejected_token_ids": pairs[i].rejected_ids,
             "chosen_token_rewards": [a - b for a, b in zip(pos[2 * k], neg[2 * k])],
             "rejected_token_rewards": [a - b for a, b in zip(pos[2 * k + 1], neg[2 * k + 1])],
         }
+        out[i] = {"result": result, "prompt_cut": cut[i]}
     return out
 
 
-def run_fingerprint(payload: dict[str, Any]) -> str:
+# Options that cannot change what a part holds (token ids and rewards): where the output goes, and the
+# weight transform (every ``weight_*`` flag), applied to the merged rewards after scoring. Every other
+# option of every argument group is in the fingerprint of the parts, so none can be forgotten.
+NOT_IN_PARTS = ("output_file", "from_rewards")
+PARTS_FORMAT = 2  # part lines: {"result": ..., "prompt_cut": ...}
+
+
+def part_options(args: WeightsArguments) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in dataclasses.asdict(args).items()
+        if name not in NOT_IN_PARTS and not name.startswith("weight_")
+    }
+
+
+def path_identity(name: str | None) -> Any:
+    """What a fingerprint should know of a local file or folder (each file's size and time), else the name."""
+    if name and os.path.isdir(name):
+        return {entry.name: file_identity(entry.path) for entry in sorted(os.scandir(name), key=lambda e: e.name)}
+    return file_identity(name) if name else None
+
+
+def parts_fingerprint(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: WeightsArguments,
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> str:
+    """A hash of everything that decides the scored rows: parts with another one are not reused."""
+    inputs = (
+        data_args.dataset_name,
+        model_args.model_name_or_path,
+        model_args.tokenizer_name_or_path,
+        args.positive_model_name_or_path,
+        args.negative_model_name_or_path,
+    )
+    payload = {
+        "format": PARTS_FORMAT,
+        "model_args": dataclasses.asdict(model_args),
+        "data_args": dataclasses.asdict(data_args),
+        "args": part_options(args),
+        "meta": meta,
+        "inputs": [path_identity(name) for name in inputs],
+        "source_rows": [row["source_index"] for row in rows],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -337,6 +374,8 @@ def run(argv: list[str]) -> None:
     if not args.output_file:
         raise UserError("tisdpo weights needs --output_file (.jsonl or .parquet)")
     check_output_extension(args.output_file)
+    if data_args.reverse_pairs:
+        raise UserError(REVERSE_PAIRS_REFUSED)
     if args.from_rewards:
         rederive(args, args.output_file)
         return
@@ -380,24 +419,17 @@ def run(argv: list[str]) -> None:
         pair_tokenizer,
         contrast,
         args,
-        run_fingerprint(
-            {
-                **meta,
-                "rows": len(rows),
-                "source_rows": [row["source_index"] for row in rows],
-                "dataset_file": file_identity(data_args.dataset_name),
-                "model_args": dataclasses.asdict(model_args),
-                "batching": [args.batch_size, args.max_batch_tokens, args.logprob_path, args.lm_head_chunk_size],
-            }
-        ),
+        parts_fingerprint(model_args, data_args, args, meta, rows),
     )
     if scored is None:
         return
-    output, dropped = [], 0
-    for row, result in zip(rows, scored):
+    output, dropped, cut = [], 0, 0
+    for row, line in zip(rows, scored):
+        result = line["result"]
         if result is None:
             dropped += 1
             continue
+        cut += line["prompt_cut"]
         raw = records.rows[row["source_index"]]
         where = records.where(row["source_index"])
         output.append(add_weights({**raw, **result}, config, row["source_index"], records.source, where))
@@ -415,13 +447,28 @@ def run(argv: list[str]) -> None:
             data_args.max_length,
             data_args.max_prompt_length,
         )
+    if cut:
+        logger.info(
+            "%s: %d of %d pair(s) have a prompt longer than max_prompt_length=%s; its start was cut as for training%s",
+            records.source,
+            cut,
+            len(output),
+            data_args.max_prompt_length,
+            " (the contrastive text is kept whole)" if provenance["method"] == "prompt" else "",
+        )
     # Order matters for a kill at any moment: the old provenance goes first, then the rows and their
     # provenance are each renamed into place; a file never sits beside another run's provenance.
     remove_meta(args.output_file)
     write_rows(args.output_file, output)
     write_meta(
         args.output_file,
-        {**meta, "transform": dataclasses.asdict(config), "rows": len(output), "dropped": dropped},
+        {
+            **meta,
+            "transform": dataclasses.asdict(config),
+            "rows": len(output),
+            "dropped": dropped,
+            "prompts_cut": cut,
+        },
     )
     shutil.rmtree(args.output_file + ".parts", ignore_errors=True)
     logger.info("wrote %d rows to %s (%d dropped by truncation)", len(output), args.output_file, dropped)
@@ -434,8 +481,9 @@ def score_in_parts(
     contrast: Contrast,
     args: WeightsArguments,
     fingerprint: str,
-) -> list[dict[str, Any] | None] | None:
-    """Score all rows part by part; finished parts survive a kill. Returns None on non-main processes."""
+) -> list[dict[str, Any]] | None:
+    """Score all rows part by part (the lines of ``score_part``); finished parts survive a kill.
+    Returns None on non-main processes."""
     from tqdm.auto import tqdm
 
     state = distributed_state()
@@ -461,17 +509,14 @@ def score_in_parts(
             continue
         chunk = rows[start : start + size]
         where = [records.where(r["source_index"]) for r in chunk]
-        write_rows(
-            path,
-            [{"result": result} for result in score_part(chunk, pair_tokenizer, contrast, args, where)],
-        )
+        write_rows(path, score_part(chunk, pair_tokenizer, contrast, args, where))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    merged: list[dict[str, Any] | None] = []
+    merged: list[dict[str, Any]] = []
     for start in starts:
         with open(part_path(parts_dir, start), encoding="utf-8") as handle:
-            merged.extend(json.loads(line)["result"] for line in handle)
+            merged.extend(json.loads(line) for line in handle)
     return merged
 
 

@@ -48,8 +48,11 @@ class RawRecords:
         return self.locations[index] if index < len(self.locations) else f"example {index}"
 
 
+UTF8_BOM = b"\xef\xbb\xbf"  # spreadsheet and Windows exports start their files with it
+
+
 def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.endswith(".gz") else open(path, encoding="utf-8-sig")
 
 
 def _open_binary(path: str):
@@ -85,7 +88,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 raw = handle.readline()
                 if not raw:
                     return
-                line = raw.decode("utf-8")
+                line = (raw.removeprefix(UTF8_BOM) if line_number == 0 else raw).decode("utf-8")
             except READ_ERRORS as err:
                 raise _read_error(path, err, line_number + 1) from None
             line_number += 1
@@ -281,14 +284,18 @@ class FormatOptions:
 
 
 def swap_sides(row: dict[str, Any]) -> dict[str, Any]:
-    """Exchange every ``chosen*`` column with its ``rejected*`` twin."""
-    swapped = {}
+    """Exchange every ``chosen*`` column with its ``rejected*`` twin; DLMA's score of chosen over
+    rejected changes sign."""
+    swapped: dict[str, Any] = {}
     for key, value in row.items():
         for this, other in (PAIRED_PREFIXES, PAIRED_PREFIXES[::-1]):
             if key.startswith(this):
                 key = other + key[len(this) :]
                 break
         swapped[key] = value
+    score = swapped.get("dlma_score")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        swapped["dlma_score"] = -score
     return swapped
 
 
@@ -327,6 +334,14 @@ def normalize_row(row: dict[str, Any], options: FormatOptions, source: str, wher
             location=where,
             field="rejected",
         )
+    if is_conversation(out["prompt"]) and not is_conversation(out["chosen"]):
+        raise UserError(
+            "is a list of messages but chosen and rejected are text (expected the responses as assistant "
+            'messages, [{"role": "assistant", "content": ...}], or the prompt as text)',
+            source=source,
+            location=where,
+            field="prompt",
+        )
     if isinstance(out["prompt"], str) and options.prompt_template:
         out["prompt"] = options.prompt_template.replace("{prompt}", out["prompt"])
     if isinstance(out["prompt"], str) and is_conversation(out["chosen"]):
@@ -348,6 +363,26 @@ def iter_normalized(
             skipped += 1
     if skipped:
         logger.warning("%s: skipped %d pair(s) with an empty response", records.source, skipped)
+
+
+def _format_name(row: dict[str, Any]) -> str:
+    return "a list of messages" if is_conversation(row["chosen"]) else "text"
+
+
+def check_one_format(rows: list[dict[str, Any]], records: RawRecords) -> None:
+    """Every pair of a dataset is plain text, or every pair is conversational: the first row decides."""
+    first = rows[0]
+    other = next((row for row in rows if is_conversation(row["chosen"]) != is_conversation(first["chosen"])), None)
+    if other is None:
+        return
+    first_where = records.where(first["source_index"])
+    raise UserError(
+        f"is {_format_name(other)} but {first_where}, the first row, is {_format_name(first)}; a dataset must not mix "
+        f"plain-text and conversational pairs (expected {_format_name(first)}, like {first_where})",
+        source=records.source,
+        location=records.where(other["source_index"]),
+        field="chosen",
+    )
 
 
 def load_preference_rows(
@@ -377,6 +412,7 @@ def load_preference_rows(
             f"no pair left: all {len(records.rows)} have an empty response (dropped by --skip_empty_responses)",
             source=name_or_path,
         )
+    check_one_format(rows, records)
     identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
     if identical:
         logger.warning(

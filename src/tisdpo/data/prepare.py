@@ -33,6 +33,44 @@ class PreparedPairs:
         return datasets.Dataset.from_dict(self.columns)
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_token_ids(ids: Any, source: str, where: str, field: str) -> list[int]:
+    """Stored token ids must be a list of integers."""
+    if not isinstance(ids, list | tuple):
+        raise UserError(
+            f"expected a list of token ids (integers), got {type(ids).__name__}",
+            source=source,
+            location=where,
+            field=field,
+        )
+    bad = next((i for i, t in enumerate(ids) if not isinstance(t, int) or isinstance(t, bool)), None)
+    if bad is not None:
+        raise UserError(
+            f"token id {bad} is {ids[bad]!r} (expected an integer)", source=source, location=where, field=field
+        )
+    return list(ids)
+
+
+def check_numbers(values: Any, what: str, source: str, where: str, field: str) -> list[float]:
+    """Stored weights or rewards must be a list of numbers (``what`` names one: weight, reward)."""
+    if not isinstance(values, list | tuple):
+        raise UserError(
+            f"expected a list of numbers, one {what} per completion token, got {type(values).__name__}",
+            source=source,
+            location=where,
+            field=field,
+        )
+    bad = next((i for i, v in enumerate(values) if not is_number(v)), None)
+    if bad is not None:
+        raise UserError(
+            f"{what} {bad} is {values[bad]!r} (expected a number)", source=source, location=where, field=field
+        )
+    return list(values)
+
+
 def check_side_weights(
     row: dict[str, Any],
     side: str,
@@ -49,7 +87,9 @@ def check_side_weights(
     trained: list[int] = getattr(pair, f"{side}_ids")
     full: list[int] = getattr(pair, f"{side}_full_ids")
     ids = row.get(f"{side}_token_ids")
-    if ids is not None and list(ids) != full and list(ids) != trained:
+    if ids is not None:
+        ids = check_token_ids(ids, source, where, f"{side}_token_ids")
+    if ids is not None and ids != full and ids != trained:
         mismatch = next((i for i, (a, b) in enumerate(zip(ids, full)) if a != b), min(len(ids), len(full)))
         raise UserError(
             f"token ids differ from this tokenizer's completion ids at position {mismatch} "
@@ -61,6 +101,7 @@ def check_side_weights(
     weights = row.get(f"{side}_weights")
     if weights is None:
         return None
+    weights = check_numbers(weights, "weight", source, where, f"{side}_weights")
     if len(weights) not in (len(full), len(trained)):
         raise UserError(
             f"has {len(weights)} weights but the completion has {len(full)} tokens (response + EOS); "
@@ -120,6 +161,7 @@ def prepare_pairs(
     found_weights: dict[str, list[list[float] | None]] = {side: [] for side in SIDES}
     found_scores: list[Any] = []
     dropped: list[int] = []
+    prompts_cut = 0
     for position, row in enumerate(rows):
         index = row.get("source_index", position)
         where = records.where(index)
@@ -140,6 +182,7 @@ def prepare_pairs(
                     field=f"{side}_weights",
                 )
             found_weights[side].append(weights[side])
+        prompts_cut += pair.prompt_cut
         found_scores.append(row.get("dlma_score"))
         columns["index"].append(index)
         columns["prompt_input_ids"].append(pair.prompt_ids)
@@ -153,6 +196,14 @@ def prepare_pairs(
             len(dropped),
             len(rows),
             pair_tokenizer.max_length,
+            pair_tokenizer.max_prompt_length,
+        )
+    if prompts_cut:
+        logger.info(
+            "%s: %d of %d pair(s) have a prompt longer than max_prompt_length=%s; its start was cut",
+            records.source,
+            prompts_cut,
+            len(columns["index"]),
             pair_tokenizer.max_prompt_length,
         )
     if not columns["index"]:

@@ -12,12 +12,20 @@ A pair is tokenized as ``prompt_ids`` followed by each response's ``completion i
 Truncation keeps the end of the prompt (``max_prompt_length``) and the start of each completion
 (``max_length``). A pair left with no completion token on either side is dropped, never trained
 as a NaN.
+
+A scoring context under a contrastive prompt (TIS-DPO(P), DLMA) wraps the user's prompt in a
+contrastive text. Only the user's prompt is ever cut, to the same ``max_prompt_length`` as for
+training, and the contrastive text is added whole afterwards, so such a context is at most
+``max_prompt_length`` plus the contrastive text long: plain text keeps the end of the prompt (cut at
+the trainer's token boundary); a conversation keeps its system messages and drops its oldest turns,
+then the start of its first kept message. The completion ids are the trainer's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +40,19 @@ class TokenizedPair:
     rejected_ids: list[int]
     chosen_full_ids: list[int]  # completion tokens before truncation
     rejected_full_ids: list[int]
+    prompt_cut: bool = False  # the prompt was longer than max_prompt_length and lost its start
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """Prompt ids of a scoring context under a contrastive prompt."""
+
+    ids: list[int]
+    cut: bool  # the user's prompt was longer than max_prompt_length and lost its start
+
+
+# Turns a user's prompt (text or messages) into the prompt a contrastive model sees (ContrastivePrompt.apply).
+PromptWrapper = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,8 @@ class PairTokenizer:
         return self.tokenize_rendered(rendered)
 
     def tokenize_rendered(self, rendered: RenderedPair) -> TokenizedPair | None:
-        prompt_ids = self.truncate_prompt(self.encode_prompt(rendered.prompt, rendered.chat))
+        full_prompt_ids = self.encode_prompt(rendered.prompt, rendered.chat)
+        prompt_ids = self.truncate_prompt(full_prompt_ids)
         chosen = self.encode_completion(rendered.chosen, rendered.chat)
         rejected = self.encode_completion(rendered.rejected, rendered.chat)
         budget = self.completion_budget(prompt_ids)
@@ -118,7 +140,90 @@ class PairTokenizer:
         rejected_kept = rejected if budget is None else rejected[: max(budget, 0)]
         if not chosen_kept or not rejected_kept:
             return None
-        return TokenizedPair(prompt_ids, chosen_kept, rejected_kept, chosen, rejected)
+        return TokenizedPair(
+            prompt_ids, chosen_kept, rejected_kept, chosen, rejected, prompt_cut=len(prompt_ids) < len(full_prompt_ids)
+        )
+
+    # -- contrastive contexts (TIS-DPO(P), DLMA) ----------------------------------------------
+    def contrast_prompt(self, prompt: Any, wrap: PromptWrapper) -> PromptContext:
+        """Prompt ids of ``wrap(prompt)``, with only the user's prompt cut (see the module docstring)."""
+        text, cut = self._contrast_text(prompt, wrap)
+        return PromptContext(self.encode_prompt(text, chat=isinstance(prompt, list)), cut)
+
+    def contrast_context(
+        self, row: dict[str, Any], wrap: PromptWrapper, trained: TokenizedPair, where: str | None = None
+    ) -> PromptContext:
+        """The scoring context of a pair under a contrastive prompt; refuses a chat template that would
+        render the responses differently there (their ids must stay the trainer's ``trained`` ones)."""
+        prompt = row["prompt"]
+        if not is_conversation(row["chosen"]):
+            return self.contrast_prompt(prompt, wrap)
+        kept, cut = self.cut_conversation(prompt)
+        rendered = self.render({**row, "prompt": wrap(kept)})
+        for side in ("chosen", "rejected"):
+            ids = getattr(trained, f"{side}_ids")
+            if self.encode_completion(getattr(rendered, side), True)[: len(ids)] != ids:
+                raise UserError(
+                    f"the chat template renders the {side} response differently under the contrastive prompt",
+                    location=where,
+                )
+        return PromptContext(self.encode_prompt(rendered.prompt, True), cut)
+
+    def _contrast_text(self, prompt: Any, wrap: PromptWrapper) -> tuple[str, bool]:
+        if isinstance(prompt, list):
+            kept, cut = self.cut_conversation(prompt)
+            return self._chat(wrap(kept), add_generation_prompt=True), cut
+        kept_text, cut = self.cut_text_prompt(prompt)
+        return wrap(kept_text), cut
+
+    def cut_text_prompt(self, text: str) -> tuple[str, bool]:
+        """The end of a plain-text prompt that training keeps (cut at the trainer's token boundary)."""
+        full = self.encode_prompt(text, chat=False)
+        dropped = len(full) - len(self.truncate_prompt(full))
+        if dropped <= 0:
+            return text, False
+        return self._drop_leading_tokens(text, dropped), True
+
+    def cut_conversation(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], bool]:
+        """The end of a conversation that fits ``max_prompt_length`` when rendered: its system messages are
+        kept, its oldest turns dropped (so that it starts with a user turn), then the start of its first
+        kept message is cut. Returns the kept messages and whether anything was cut."""
+        limit = self.max_prompt_length
+        if limit is None or self._rendered_length(messages) <= limit:
+            return list(messages), False
+        system = list(messages[: self._leading_system_count(messages)])
+        turns = list(messages[len(system) :])
+        if not turns:
+            return list(messages), False
+        while len(turns) > 1 and self._rendered_length(system + turns) > limit:
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0].get("role") != "user":
+                turns = turns[1:]
+        first = turns[0]
+        # Seams may merge or split a token when the cut message is rendered again: cut until it fits.
+        while first["content"] and (overflow := self._rendered_length(system + [first] + turns[1:]) - limit) > 0:
+            first = {**first, "content": self._drop_leading_tokens(first["content"], overflow)}
+        return system + [first] + turns[1:], True
+
+    @staticmethod
+    def _leading_system_count(messages: list[dict[str, str]]) -> int:
+        count = 0
+        while count < len(messages) and messages[count].get("role") == "system":
+            count += 1
+        return count
+
+    def _rendered_length(self, messages: list[dict[str, str]]) -> int:
+        return len(self.encode_prompt(self._chat(messages, add_generation_prompt=True), chat=True))
+
+    def _drop_leading_tokens(self, text: str, count: int) -> str:
+        """``text`` without the characters of its first ``count`` tokens."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)
+        ids = encoded["input_ids"]
+        if count >= len(ids):
+            return ""
+        # Where the dropped tokens end, so that a kept token's leading space stays with it.
+        end = max((span[1] for span in encoded["offset_mapping"][:count]), default=0) if self.tokenizer.is_fast else 0
+        return text[end:] if end > 0 else self.tokenizer.decode(ids[count:])
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

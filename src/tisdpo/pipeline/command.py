@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from tisdpo.config import load_yaml_config
@@ -48,23 +50,35 @@ def build_pipeline(recipe: Recipe) -> Pipeline:
     return Pipeline(recipe.run_dir, StageBuilder(recipe).build())
 
 
-def quiet_libraries() -> None:
-    """Stage progress lines are the pipeline's output; keep the libraries' own chatter down."""
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Stage progress lines are the pipeline's output; keep the libraries' own chatter down (restored after)."""
     import datasets
     import transformers
 
+    ours = logging.getLogger("tisdpo")
+    saved = (transformers.logging.get_verbosity(), datasets.logging.get_verbosity(), ours.level)
+    progress_bars = datasets.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    logging.getLogger("tisdpo").setLevel(logging.WARNING)
+    ours.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(saved[0])
+        datasets.logging.set_verbosity(saved[1])
+        ours.setLevel(saved[2])
+        if progress_bars:
+            datasets.enable_progress_bars()
 
 
 def run_pipeline(pipeline: Pipeline, dry_run: bool) -> dict[str, str] | None:
     print(pipeline.describe_plan(), flush=True)
     if dry_run:
         return None
-    quiet_libraries()
-    return pipeline.run(progress=lambda line: print(line, flush=True))
+    with quiet_libraries():
+        return pipeline.run(progress=lambda line: print(line, flush=True))
 
 
 def run(argv: list[str]) -> dict[str, str] | None:

@@ -136,6 +136,13 @@ class Recipe:
             for key, value in values.items():
                 if key not in known:
                     raise UserError(f"unknown setting '{key}'{did_you_mean(key, known)}", source=source, field=section)
+                if key in GGUF_FLAGS:
+                    raise UserError(
+                        f"'{key}' would apply to every stage's model; name a GGUF model by its file's path "
+                        "instead (base_model: folder/model.gguf)",
+                        source=source,
+                        field=section,
+                    )
                 if key in choices and value not in choices[key]:
                     raise UserError(
                         f"unknown {key} '{value}'{did_you_mean(str(value), choices[key])}; "
@@ -149,7 +156,8 @@ class Recipe:
         from tisdpo.modeling import looks_local
 
         if isinstance(self.base_model, str) and looks_local(self.base_model) and not os.path.exists(self.base_model):
-            raise UserError(f"model folder not found: {self.base_model}", source=source, field="base_model")
+            what = "GGUF file" if self.base_model.lower().endswith(".gguf") else "model folder"
+            raise UserError(f"{what} not found: {self.base_model}", source=source, field="base_model")
         for key in ("dataset_name", "eval_dataset_name", "prompts_dataset_name", "sft_dataset_name"):
             value = self.data.get(key)
             if not isinstance(value, str):
@@ -157,6 +165,9 @@ class Recipe:
             local = looks_local(value) or value.lower().endswith(DATA_FILE_EXTENSIONS)
             if local and not os.path.exists(value):
                 raise UserError(f"file not found: {value}", source=source, field=f"data.{key}")
+
+
+GGUF_FLAGS = ("gguf_file", "ref_gguf_file")
 
 
 def to_flags(args: dict[str, Any]) -> list[str]:
