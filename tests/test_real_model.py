@@ -505,7 +505,9 @@ def test_a_small_real_tour_end_to_end(real_model_dir, tmp_path):
     for name in OBJECTIVES:
         assert results["training"][name]["steps"] == 2
         assert 0 <= results["preference"][name]["rewards/accuracies"] <= 1
-    assert [len(entry) for entry in results["responses"]] == [8, 8]  # request, start, two objectives (+ flags)
+    sides = ["start", *OBJECTIVES]
+    for entry in results["responses"]:  # the request, then each model's greedy response and whether it ended
+        assert set(entry) == {"request", *sides, *(f"{side}_finished" for side in sides)}
     page = (Path(folders["report"]) / "report.html").read_text(encoding="utf-8")
     assert "src='data:image/png;base64," in page and "http" not in page  # self-contained: nothing to fetch
     assert html.escape(results["responses"][0]["request"]) in page

@@ -334,7 +334,7 @@ def add_report_stage(stages: list[Stage], settings: Any, model_dir: str, dataset
         for name in ("heatmap.png", "heatmap.html", "histogram.png"):
             shutil.copy(os.path.join(ctx.inputs["heatmap"], name), os.path.join(ctx.work_dir, name))
 
-    stages.append(Stage("report", action, {"version": 2}, list(STAGES), "results.json, results.md, report.html"))
+    stages.append(Stage("report", action, {"version": 3}, list(STAGES), "results.json, results.md, report.html"))
 
 
 def copy_report(report_dir: str, output_dir: str, names: tuple[str, ...]) -> dict[str, Any]:
