@@ -363,28 +363,17 @@ def trained_parameters(folder: Path) -> dict[str, torch.Tensor]:
 def trained(real_model_dir, pairs_file, p_weights, tmp_path_factory) -> dict[str, Path]:
     """Two steps of each: DPO full fine-tuning, TIS-DPO full fine-tuning, DPO with LoRA, TIS-DPO with LoRA."""
     root = tmp_path_factory.mktemp("real-train")
+    full, lora = ["--learning_rate", "1e-5"], ["--use_peft", "true", "--lora_r", "8", "--learning_rate", "1e-3"]
     runs = {
-        "dpo_full": (["--loss_type", "dpo", "--dataset_name", pairs_file, "--learning_rate", "1e-5"]),
-        "tisdpo_full": (["--loss_type", "tisdpo", "--dataset_name", p_weights, "--learning_rate", "1e-5"]),
-        "dpo_lora": ["--loss_type", "dpo", "--dataset_name", pairs_file, "--use_peft", "true", "--lora_r", "8"],
-        "tisdpo_lora": ["--loss_type", "tisdpo", "--dataset_name", p_weights, "--use_peft", "true", "--lora_r", "8"],
+        "dpo_full": ["--loss_type", "dpo", "--dataset_name", pairs_file, *full],
+        "tisdpo_full": ["--loss_type", "tisdpo", "--dataset_name", p_weights, *full],
+        "dpo_lora": ["--loss_type", "dpo", "--dataset_name", pairs_file, *lora],
+        "tisdpo_lora": ["--loss_type", "tisdpo", "--dataset_name", p_weights, *lora],
     }
     out = {}
     for name, flags in runs.items():
         out[name] = root / name
-        lora_rate = ["--learning_rate", "1e-3"] if "--use_peft" in flags else []
-        run_ok(
-            [
-                "train",
-                "--model_name_or_path",
-                real_model_dir,
-                "--output_dir",
-                out[name],
-                *TRAIN_FLAGS,
-                *flags,
-                *lora_rate,
-            ]
-        )
+        run_ok(["train", "--model_name_or_path", real_model_dir, "--output_dir", out[name], *TRAIN_FLAGS, *flags])
     return out
 
 

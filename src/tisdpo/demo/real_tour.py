@@ -23,6 +23,7 @@ import contextlib
 import io
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -273,18 +274,25 @@ def tour_stages(dataset: str, model_dir: str, settings: TourSettings) -> list[St
 
 
 # -- the command -------------------------------------------------------------------------------
-def quiet() -> None:
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
     """One line per stage: the libraries' chatter and the expected warnings of the stages are left out (greedy
     decoding makes gen/kl a mean log-ratio, no scorer is given, no accelerator for pinned memory); the stages'
-    progress bars go to a buffer (see :func:`command_stage`)."""
+    progress bars go to a buffer (see :func:`command_stage`). Everything is restored afterwards."""
     import logging
     import warnings
 
     from tisdpo.pipeline.command import quiet_libraries
 
-    quiet_libraries()
-    logging.getLogger("tisdpo").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    with quiet_libraries(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        ours = logging.getLogger("tisdpo")
+        level = ours.level
+        ours.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            ours.setLevel(level)
 
 
 def parse_argv(argv: list[str]) -> dict[str, Any]:
@@ -318,8 +326,8 @@ def run(argv: list[str]) -> dict[str, Any] | None:
     print(pipeline.describe_plan(), flush=True)
     if options["dry_run"]:
         return None
-    quiet()
-    folders = pipeline.run(progress=lambda line: print(line, flush=True))
+    with quiet():
+        folders = pipeline.run(progress=lambda line: print(line, flush=True))
     results = copy_report(folders["report"], options["output_dir"], REPORT_FILES)
     with open(os.path.join(options["output_dir"], "results.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
