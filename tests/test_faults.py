@@ -395,7 +395,7 @@ def nan_at_step_3(monkeypatch):
     def dpo_loss(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(1)
-        return out * float("nan") if len(calls) == 3 else out
+        return out._replace(losses=out.losses * float("nan")) if len(calls) == 3 else out
 
     monkeypatch.setattr(losses, "dpo_loss", dpo_loss)
 
@@ -500,7 +500,7 @@ def test_losses_are_fp32_under_bf16(flags, tiny_model_dir, toy_data_files, tmp_p
 
     def dpo_loss(chosen, rejected, *args, **kwargs):
         out = real(chosen, rejected, *args, **kwargs)
-        seen.append((chosen.dtype, rejected.dtype, out.dtype))
+        seen.append((chosen.dtype, rejected.dtype, out.losses.dtype))
         return out
 
     monkeypatch.setattr(losses, "dpo_loss", dpo_loss)

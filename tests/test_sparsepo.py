@@ -52,13 +52,13 @@ def test_sparsepo_loss_with_fixed_masks_hand_computed():
     d_c, d_r = torch.tensor([[0.4, -0.2, 0.3]]), torch.tensor([[0.1, 0.5, 0.0]])
     m_c, m_r = torch.tensor([[1.0, 0.0, 0.5]]), torch.tensor([[0.0, 1.0, 1.0]])
     full = torch.ones(1, 3, dtype=torch.bool)
-    out = losses.sparsepo_loss(d_c, d_r, m_c, m_r, full, full, beta=0.2)
+    out = losses.sparsepo_loss(d_c, d_r, m_c, m_r, full, full, beta=0.2).losses
     u = (0.4 + 0.5 * 0.3) - 0.5
     assert out.item() == pytest.approx(-logsig(0.2 * u), rel=1e-6)
     kl_c, kl_r = torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[0.4, 0.5, 0.6]])
     out = losses.sparsepo_loss(
         d_c, d_r, m_c, m_r, full, full, beta=0.2, kl_coef=0.5, chosen_token_kl=kl_c, rejected_token_kl=kl_r
-    )
+    ).losses
     delta = 0.5 * 0.2 * ((0.5 + 0.6) - (0.1 + 0.5 * 0.3))
     assert out.item() == pytest.approx(-logsig(0.2 * u - delta), rel=1e-6)
 

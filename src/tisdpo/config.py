@@ -21,22 +21,9 @@ from transformers.hf_argparser import string_to_bool
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.modeling import join_gguf
+from tisdpo.objectives import OBJECTIVES, Objective, objective_for
 
-LOSS_TYPES = ("dpo", "ipo", "cdpo", "tdpo1", "tdpo2", "simpo", "tisdpo", "dlma", "sparsepo", "sft")
-REFERENCE_FREE_LOSSES = ("simpo", "sft")
-# beta when --beta is not given: each objective's published default, and where it comes from.
-DEFAULT_BETAS: dict[str, tuple[float, str]] = {
-    "dpo": (0.1, "DPO's default"),
-    "cdpo": (0.1, "DPO's default"),
-    "ipo": (0.1, "TRL's IPO default"),
-    "tdpo1": (0.1, "TDPO's reference code"),
-    "tdpo2": (0.1, "TDPO's reference code"),
-    "simpo": (2.0, "SimPO's default"),
-    "tisdpo": (0.1, "the TIS-DPO reference code's"),
-    "dlma": (0.1, "DLMA's reference run"),
-    "sparsepo": (0.1, "DPO's default"),
-    "sft": (0.1, "unused by sft"),
-}
+LOSS_TYPES = tuple(OBJECTIVES)
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +129,10 @@ class DataArguments:
 class TisdpoConfig(TrainingArguments):
     """Training arguments of transformers plus the preference objective's own."""
 
-    loss_type: Literal[LOSS_TYPES] = field(default="dpo", metadata={"help": "Objective: " + ", ".join(LOSS_TYPES)})  # type: ignore[valid-type]
+    loss_type: Literal[LOSS_TYPES] = field(  # type: ignore[valid-type]
+        default="dpo",
+        metadata={"help": "Objective: " + "; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())},
+    )
     beta: float | None = field(
         default=None,
         metadata={
@@ -226,31 +216,35 @@ class TisdpoConfig(TrainingArguments):
         self.remove_unused_columns = False
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"  # transformers 5 dropped the flag TRL users know
+        objective = self.objective
         if self.label_smoothing is None:
-            self.label_smoothing = 0.1 if self.loss_type == "cdpo" else 0.0
+            self.label_smoothing = objective.default_label_smoothing
         if self.beta is None:
-            self.beta, source = DEFAULT_BETAS[self.loss_type]
-            if self.loss_type != "sft":
-                logger.info("loss_type %s: beta %s (%s; set --beta to change)", self.loss_type, self.beta, source)
+            self.beta = objective.default_beta
+            if objective.pairs:
+                logger.info(
+                    "loss_type %s: beta %s (%s; set --beta to change)", self.loss_type, self.beta, objective.beta_source
+                )
         if self.needs_token_kl:
             self.precompute_ref_log_probs = False  # the KL terms need the full reference distribution
         super().__post_init__()
 
     @property
+    def objective(self) -> Objective:
+        """The objective's entry in :data:`tisdpo.objectives.OBJECTIVES`: what it needs, its defaults."""
+        return objective_for(self.loss_type)
+
+    @property
     def needs_reference(self) -> bool:
-        return self.loss_type not in REFERENCE_FREE_LOSSES
+        return not self.objective.reference_free
 
     @property
     def needs_weights(self) -> bool:
-        return self.loss_type == "tisdpo"
+        return self.objective.token_weights
 
     @property
     def needs_token_kl(self) -> bool:
-        return (
-            self.loss_type in ("tdpo1", "tdpo2")
-            or (self.loss_type == "tisdpo" and bool(self.tisdpo_kl_coef))
-            or (self.loss_type == "sparsepo" and bool(self.sparsepo_kl_coef))
-        )
+        return self.objective.token_kl(self)
 
 
 def load_yaml_config(path: str) -> dict[str, Any]:
@@ -367,6 +361,9 @@ def parse_config(types: Sequence[type], argv: list[str], prog: str = "tisdpo") -
     """
     config_path, argv = extract_config_flag(list(argv))
     parser = ArgumentParser(list(types), prog=prog)
+    for action in parser._actions:
+        if action.dest == "loss_type":  # objectives registered after this module was imported count too
+            action.choices = list(OBJECTIVES)
     if config_path:
         values = load_yaml_config(config_path)
         check_keys(list(values), types, config_path)

@@ -42,6 +42,7 @@ from tisdpo.config import TisdpoConfig
 from tisdpo.data.collate import PreferenceCollator
 from tisdpo.errors import UserError
 from tisdpo.logprobs import CompletionLogps, completion_logps, configs_of
+from tisdpo.objectives import PairBatch, objective_for
 from tisdpo.utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -157,9 +158,10 @@ class PreferenceTrainer(Trainer):
         ref_model: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        if args.loss_type == "sparsepo" and args.sparsepo_mask == "learned":
+        self.objective = objective_for(args.loss_type)
+        if self.objective.hidden_states(args):
             sparsepo.attach_mask_head(model)  # before the optimizer is built, so the head trains too
-        sides = ("chosen",) if args.loss_type == "sft" else ("chosen", "rejected")
+        sides = ("chosen", "rejected") if self.objective.pairs else ("chosen",)
         kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
         training = kwargs.get("train_dataset") is not None  # evaluation alone runs in eval mode: no dropout anyway
         dropout_config_changes = self._disable_dropout(model) if args.disable_dropout and training else []
@@ -213,7 +215,7 @@ class PreferenceTrainer(Trainer):
         """
         if not batch_samples:
             return None
-        if self.args.loss_type == "sft":
+        if not self.objective.pairs:
             count = sum(int(batch["completion_mask"].sum()) for batch in batch_samples)
         else:
             count = sum(int(batch["pair_index"].shape[0]) for batch in batch_samples)
@@ -328,10 +330,10 @@ class PreferenceTrainer(Trainer):
         training = self.model.training
         self._batch_metrics = {}
         try:
-            learned_masks = args.loss_type == "sparsepo" and args.sparsepo_mask == "learned"
-            policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=learned_masks)
+            return_hidden = self.objective.hidden_states(args)
+            policy = self._logps(model, inputs, args.needs_token_kl, return_hidden=return_hidden)
             mask = inputs["completion_mask"]
-            if args.loss_type == "sft":
+            if not self.objective.pairs:
                 loss = self._step_mean(-(policy.logps * mask).sum(), mask.sum(), num_items_in_batch)
                 self._record("logps/chosen", losses.masked_sum(policy.logps, mask))
                 if not training:  # eval_loss: the NLL per completion token over the whole set
@@ -515,119 +517,41 @@ class PreferenceTrainer(Trainer):
 
     def _preference_loss(self, model: Any, inputs: dict[str, torch.Tensor], policy: CompletionLogps) -> torch.Tensor:
         """The loss of each pair of the batch (their mean is the step's loss); records the metrics."""
-        args = self.args
+        args, objective = self.args, self.objective
         mask = inputs["completion_mask"]
         pairs = inputs["pair_index"].shape[0]
         c, r = slice(0, pairs), slice(pairs, 2 * pairs)
-        logps = policy.logps
         record = self._record
-        record("logps/chosen", losses.masked_sum(logps[c], mask[c]))
-        record("logps/rejected", losses.masked_sum(logps[r], mask[r]))
+        record("logps/chosen", losses.masked_sum(policy.logps[c], mask[c]))
+        record("logps/rejected", losses.masked_sum(policy.logps[r], mask[r]))
         record("logits/chosen", losses.masked_sum(policy.mean_logits[c], mask[c]), mask[c].sum(-1))
         record("logits/rejected", losses.masked_sum(policy.mean_logits[r], mask[r]), mask[r].sum(-1))
-
-        if args.loss_type == "simpo":
-            chosen_avg, rejected_avg = (
-                losses.masked_mean(logps[c], mask[c]),
-                losses.masked_mean(logps[r], mask[r]),
-            )
-            self._record_rewards(args.beta * chosen_avg, args.beta * rejected_avg)
-            return losses.simpo_loss(chosen_avg, rejected_avg, args.beta, args.simpo_gamma_beta_ratio)
-
-        reference = None
-        if "ref_logps" in inputs:
-            ref_logps = inputs["ref_logps"]
-        else:
-            reference = self._reference(model, inputs)
-            ref_logps = reference.logps
-        token_logratios = logps - ref_logps
-        chosen_logratios = losses.masked_sum(token_logratios[c], mask[c])
-        rejected_logratios = losses.masked_sum(token_logratios[r], mask[r])
-        self._record_rewards(args.beta * chosen_logratios, args.beta * rejected_logratios)
-
-        token_kl = None
-        if args.needs_token_kl:
-            token_kl = torch.zeros_like(logps).masked_scatter(mask, losses.token_kl(policy.logits, reference.logits))
-            record("kl/chosen", losses.masked_sum(token_kl[c], mask[c]))
-            record("kl/rejected", losses.masked_sum(token_kl[r], mask[r]))
-
-        if args.loss_type in ("dpo", "cdpo"):
-            per_pair = losses.dpo_loss(chosen_logratios, rejected_logratios, args.beta, args.label_smoothing)
-        elif args.loss_type == "ipo":
-            per_pair = losses.ipo_loss(
-                losses.masked_mean(token_logratios[c], mask[c]),
-                losses.masked_mean(token_logratios[r], mask[r]),
-                args.beta,
-            )
-        elif args.loss_type in ("tdpo1", "tdpo2"):
-            per_pair = losses.tdpo_loss(
-                chosen_logratios,
-                rejected_logratios,
-                losses.masked_sum(token_kl[c], mask[c]),
-                losses.masked_sum(token_kl[r], mask[r]),
-                args.beta,
-                args.tdpo_alpha,
-                variant=int(args.loss_type[-1]),
-            )
-        elif args.loss_type == "tisdpo":
-            # Pairs without weights (e.g. held-out pairs) get unit weights: their loss is the DPO loss.
-            weights = inputs["weights"] if "weights" in inputs else torch.ones_like(token_logratios)
-            per_pair = losses.tisdpo_loss(
-                token_logratios[c],
-                token_logratios[r],
-                weights[c],
-                weights[r],
-                mask[c],
-                mask[r],
-                args.beta,
-                kl_coef=args.tisdpo_kl_coef,
-                chosen_token_kl=None if token_kl is None else token_kl[c],
-                rejected_token_kl=None if token_kl is None else token_kl[r],
-            )
-            weighted_chosen = args.beta * losses.masked_sum(token_logratios[c], mask[c], weights[c])
-            weighted_rejected = args.beta * losses.masked_sum(token_logratios[r], mask[r], weights[r])
-            record("weighted_rewards/chosen", weighted_chosen)
-            record("weighted_rewards/rejected", weighted_rejected)
-            record("weighted_rewards/margins", weighted_chosen - weighted_rejected)
-            record("weights/chosen_mean", losses.masked_sum(weights[c], mask[c]), mask[c].sum(-1))
-            record("weights/rejected_mean", losses.masked_sum(weights[r], mask[r]), mask[r].sum(-1))
-        elif args.loss_type == "dlma":
-            if "dlma_score" in inputs:
-                scores = inputs["dlma_score"]
-            elif not self.model.training:  # held-out human-labelled pairs: no margin, the DPO loss
-                scores = torch.zeros_like(chosen_logratios)
+        batch = PairBatch(
+            args,
+            policy.logps,
+            mask,
+            weights=inputs.get("weights") if objective.token_weights else None,
+            scores=inputs.get(objective.score_column) if objective.score_column else None,
+            hidden=policy.hidden,
+            training=self.model.training,
+        )
+        if not objective.reference_free:
+            if "ref_logps" in inputs:
+                batch.ref_logps = inputs["ref_logps"]
             else:
-                raise UserError(
-                    "--loss_type dlma needs a 'dlma_score' for every pair (make the pairs with `tisdpo dlma generate`)"
-                )
-            per_pair = losses.dlma_loss(
-                chosen_logratios, rejected_logratios, scores, args.beta, args.dlma_gamma, args.dlma_clamp
-            )
-        elif args.loss_type == "sparsepo":
-            if args.sparsepo_mask == "learned":
-                head = getattr(self.accelerator.unwrap_model(model), sparsepo.HEAD_ATTRIBUTE)
-                masks = sparsepo.learned_masks(head, policy.hidden, mask)
-            else:
-                masks = sparsepo.reference_masks(ref_logps, mask, args.sparsepo_threshold)
-            per_pair = losses.sparsepo_loss(
-                token_logratios[c],
-                token_logratios[r],
-                masks[c],
-                masks[r],
-                mask[c],
-                mask[r],
-                args.beta,
-                kl_coef=args.sparsepo_kl_coef,
-                chosen_token_kl=None if token_kl is None else token_kl[c],
-                rejected_token_kl=None if token_kl is None else token_kl[r],
-            )
-            record("sparsity/chosen", sparsepo.sparsity(masks[c], mask[c]))
-            record("sparsity/rejected", sparsepo.sparsity(masks[r], mask[r]))
-            record("masks/chosen_mean", losses.masked_sum(masks[c].detach(), mask[c]), mask[c].sum(-1))
-            record("masks/rejected_mean", losses.masked_sum(masks[r].detach(), mask[r]), mask[r].sum(-1))
-        else:
-            raise ValueError(f"unknown loss_type {args.loss_type}")
-        return per_pair
+                reference = self._reference(model, inputs)
+                batch.ref_logps = reference.logps
+                if args.needs_token_kl:
+                    batch.token_kl = torch.zeros_like(policy.logps).masked_scatter(
+                        mask, losses.token_kl(policy.logits, reference.logits)
+                    )
+        if objective.hidden_states(args):
+            batch.mask_head = getattr(self.accelerator.unwrap_model(model), sparsepo.HEAD_ATTRIBUTE)
+        output = objective.compute(batch)
+        self._record_rewards(output.loss.chosen_rewards, output.loss.rejected_rewards)
+        for name, (values, counts) in output.metrics.items():
+            record(name, values, counts)
+        return output.loss.losses
 
     def _record_rewards(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         self._record("rewards/chosen", chosen)
