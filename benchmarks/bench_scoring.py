@@ -3,7 +3,7 @@
 Contenders, each in a fresh process, on the same real HH pairs and the same two contrastive models
 (two tiny 32k-vocabulary Llamas with different seeds):
 
-(a) ours:      ``tisdpo.commands.weights.score_part`` (what ``tisdpo weights`` runs on each part):
+(a) ours:      ``tisdpo.weights.estimate.score_part`` (what ``tisdpo weights`` runs on each part):
                length-sorted batches, LM head on completion positions only, log-probs gathered on
                the device, for the positive and the negative model;
 (b) reference: the TIS-DPO reference code's approach: per pair and model, one forward of the two
@@ -48,8 +48,9 @@ def _rewards(pos: list[list[float]], neg: list[list[float]]) -> list[list[float]
 # -- (a) ours ----------------------------------------------------------------------------------
 def run_ours(config: dict[str, Any], rows: list[dict[str, Any]], chunk_size: int | None = None) -> dict[str, Any]:
     setup_worker(config["threads"])
-    from tisdpo.commands.weights import Contrast, WeightsArguments, score_part
     from tisdpo.data.tokenize import PairTokenizer
+    from tisdpo.weights.arguments import WeightsArguments
+    from tisdpo.weights.estimate import Contrast, score_part
 
     tokenizer = load_tokenizer(config["model_dirs"][0])
     contrast = Contrast(load_model(config["model_dirs"][0]), load_model(config["model_dirs"][1]))
@@ -230,7 +231,7 @@ def main() -> None:
     assets = prepare_assets(data, args.cache_dir)
     tokenizer = load_tokenizer(assets.model_dirs[0])
     rows, pairs = tokenizable_rows(data, tokenizer, args.pairs, args.max_length, args.max_prompt_length)
-    from tisdpo.commands.weights import WeightsArguments
+    from tisdpo.weights.arguments import WeightsArguments
 
     config = {
         "model_dirs": assets.model_dirs,

@@ -145,20 +145,16 @@ def run_trl(config: dict[str, Any]) -> dict[str, Any]:
 
 # -- (b), (c) ours -----------------------------------------------------------------------------
 def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
-    """What ``tisdpo train`` does (tisdpo.commands.train.run), with a step timer."""
+    """What ``tisdpo train`` does (its library calls), with a step timer."""
     setup_worker(config["threads"])
     from transformers import set_seed
 
-    from tisdpo.commands.common import (
-        load_model as load_policy,
-    )
-    from tisdpo.commands.common import (
-        load_pairs,
-        load_tokenizer_for,
-        with_reference_logps,
-    )
     from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
+    from tisdpo.data.load import load_pairs
     from tisdpo.data.tokenize import PairTokenizer
+    from tisdpo.modeling import load_model as load_policy
+    from tisdpo.modeling import load_tokenizer_for
+    from tisdpo.reference import with_reference_logps
     from tisdpo.trainer import PreferenceTrainer
 
     # A fresh folder every run: the reference cache must not be reused by a repeat.

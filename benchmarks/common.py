@@ -15,7 +15,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import fcntl
-import hashlib
 import json
 import multiprocessing
 import os
@@ -121,7 +120,9 @@ def _assets_key(data: Path) -> str:
         "seeds": MODEL_SEEDS,
         "version": ASSETS_VERSION,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    from tisdpo.utils import digest
+
+    return digest(payload, length=12)
 
 
 def prepare_assets(data: Path, cache_dir: Path = DEFAULT_CACHE) -> Assets:

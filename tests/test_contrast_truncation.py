@@ -12,7 +12,7 @@ import torch
 from conftest import toy_pairs, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import tisdpo.commands.weights as weights_command
+import tisdpo.weights.estimate as estimate
 from tisdpo.cli import main
 from tisdpo.data.formats import RawRecords
 from tisdpo.data.prepare import prepare_pairs
@@ -51,13 +51,13 @@ def p_weights(model: str, data: Path, out: Path) -> list[str]:
 def scored_contexts(monkeypatch) -> dict[str, list[list[int]]]:
     """The prompt ids `tisdpo weights` scores each side under, in row order (two sequences a row)."""
     contexts: dict[str, list[list[int]]] = {}
-    real = weights_command.score_sequences
+    real = estimate.score_sequences
 
     def recording(model, sequences, *args, desc: str = "", **kwargs):
         contexts.setdefault(desc.split()[0], []).extend(list(prompt) for prompt, _ in sequences[::2])
         return real(model, sequences, *args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(weights_command, "score_sequences", recording)
+    monkeypatch.setattr(estimate, "score_sequences", recording)
     return contexts
 
 

@@ -354,12 +354,13 @@ def test_precompute_with_weights_sharded_at_load_scores_a_full_copy(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.integrations import deepspeed as hf_deepspeed
 
-    from tisdpo.commands import train as train_command
-    from tisdpo.commands.common import load_model, load_pairs, load_tokenizer_for, with_reference_logps
+    from tisdpo import reference
     from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
+    from tisdpo.data.load import load_pairs
     from tisdpo.data.tokenize import PairTokenizer
     from tisdpo.errors import UserError
-    from tisdpo.modeling import unsharded_loading, weights_materialized
+    from tisdpo.modeling import load_model, load_tokenizer_for, unsharded_loading, weights_materialized
+    from tisdpo.reference import with_reference_logps
 
     flags = ["--model_name_or_path", tiny_model_dir, "--output_dir", tmp_path / "out", "--report_to", "none"]
     model_args, data_args, config = parse_config([ModelArguments, DataArguments, TisdpoConfig], [str(f) for f in flags])
@@ -384,12 +385,10 @@ def test_precompute_with_weights_sharded_at_load_scores_a_full_copy(
         seen.append((os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"], hf_deepspeed.is_deepspeed_zero3_enabled()))
         return load_model(args, name)
 
-    monkeypatch.setattr(train_command, "load_model", loading)
+    monkeypatch.setattr(reference, "load_model", loading)
     try:
         monkeypatch.setenv("TISDPO_CACHE", str(tmp_path / "sharded"))
-        (from_copy,) = train_command.precompute_reference(
-            model_args, tiny_model_dir, sharded, tokenizer, config, [dataset]
-        )
+        (from_copy,) = reference.precompute_reference(model_args, tiny_model_dir, sharded, tokenizer, config, [dataset])
         assert seen == [("false", False)]  # the copy was loaded whole
         assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true" and hf_deepspeed.is_deepspeed_zero3_enabled()
     finally:
@@ -397,9 +396,7 @@ def test_precompute_with_weights_sharded_at_load_scores_a_full_copy(
     with unsharded_loading():
         policy = load_model(model_args, tiny_model_dir)
     monkeypatch.setenv("TISDPO_CACHE", str(tmp_path / "plain"))
-    (from_policy,) = train_command.precompute_reference(
-        model_args, tiny_model_dir, policy, tokenizer, config, [dataset]
-    )
+    (from_policy,) = reference.precompute_reference(model_args, tiny_model_dir, policy, tokenizer, config, [dataset])
     assert seen == [("false", False)]  # the policy itself was the reference: nothing more loaded
     for column in ("ref_chosen_logps", "ref_rejected_logps"):
         assert from_copy[column] == from_policy[column]

@@ -85,7 +85,7 @@ def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_
 def test_dlma_margin_loss_hand_computed():
     u_c, u_r = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.2])
     scores = torch.tensor([2.0, -100.0])
-    out = dlma_loss(u_c, u_r, scores, beta=0.1, gamma=0.2, clamp=40.0)
+    out = dlma_loss(u_c, u_r, scores, beta=0.1, gamma=0.2, clamp=40.0).losses
     expected = [math.log1p(math.exp(-0.1 * (0.5 - 0.2 * 2.0))), math.log1p(math.exp(-0.1 * (-0.2 - 0.2 * -40.0)))]
     assert out.tolist() == pytest.approx(expected, rel=1e-6)
 

@@ -14,8 +14,8 @@ import torch
 from conftest import decided_by_rounding, toy_pairs, write_jsonl
 from safetensors.torch import load_file
 
+from tisdpo import modeling
 from tisdpo.cli import main
-from tisdpo.commands import common
 from tisdpo.commands import train as train_command
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.logprobs import completion_logps
@@ -53,7 +53,7 @@ def run(*args: object) -> None:
 def spies(monkeypatch) -> SimpleNamespace:
     """Count the models the commands load; keep the trainers `tisdpo train` builds and their loss dtypes."""
     seen = SimpleNamespace(loads=[], trainers=[], loss_dtypes=[])
-    real_load = common.load_causal_lm
+    real_load = modeling.load_causal_lm
 
     def counting_load(name, *args, **kwargs):
         seen.loads.append(str(name))
@@ -69,7 +69,7 @@ def spies(monkeypatch) -> SimpleNamespace:
             seen.loss_dtypes.append((out[0] if return_outputs else out).dtype)
             return out
 
-    monkeypatch.setattr(common, "load_causal_lm", counting_load)
+    monkeypatch.setattr(modeling, "load_causal_lm", counting_load)
     monkeypatch.setattr(train_command, "PreferenceTrainer", SpyTrainer)
     return seen
 
@@ -224,8 +224,6 @@ def scoring_sequences(model_dir: str, count: int = 9) -> tuple[list[tuple[list[i
 
 
 def test_two_adapters_on_one_base_score_like_their_merged_models(tiny_model_dir, adapters, monkeypatch):
-    import tisdpo.modeling as modeling
-
     sequences, pad = scoring_sequences(tiny_model_dir)
     merged = [score_sequences(load_causal_lm(path), sequences, pad, batch_size=4) for path in adapters]
     base = score_sequences(load_causal_lm(tiny_model_dir), sequences, pad, batch_size=4)

@@ -282,9 +282,9 @@ def test_interrupted_scoring_resumes_to_the_same_output(tiny_model_dir, small_da
     reference = tmp_path / "ref.jsonl"
     assert run(*args, "--output_file", reference) == 0
 
-    import tisdpo.commands.weights as weights_command
+    import tisdpo.weights.estimate as estimate
 
-    real, calls = weights_command.score_part, []
+    real, calls = estimate.score_part, []
 
     def crash_on_third_part(*a, **k):
         calls.append(1)
@@ -293,7 +293,7 @@ def test_interrupted_scoring_resumes_to_the_same_output(tiny_model_dir, small_da
         return real(*a, **k)
 
     out = tmp_path / "out.jsonl"
-    monkeypatch.setattr(weights_command, "score_part", crash_on_third_part)
+    monkeypatch.setattr(estimate, "score_part", crash_on_third_part)
     assert run(*args, "--output_file", out) == 130
     assert not out.exists() and len(list(Path(str(out) + ".parts").glob("part-*.jsonl"))) == 2
     calls.clear()
@@ -494,14 +494,14 @@ RESUME_CHANGES = {  # option: (flags of the interrupted run, flags of its resume
 def test_resume_after_an_option_changed_equals_a_fresh_run(option, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    import tisdpo.commands.weights as weights_command
+    import tisdpo.weights.estimate as estimate
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     data = write_jsonl(tmp_path / "pku.jsonl", pku_rows())
     before, after = RESUME_CHANGES[option]
     out = tmp_path / "w.jsonl"
-    real, calls = weights_command.score_part, []
+    real, calls = estimate.score_part, []
 
     def stop_after_two_parts(*a, **k):
         calls.append(1)
@@ -509,12 +509,12 @@ def test_resume_after_an_option_changed_equals_a_fresh_run(option, tiny_model_di
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(weights_command, "score_part", stop_after_two_parts)
+    monkeypatch.setattr(estimate, "score_part", stop_after_two_parts)
     assert run(*p_weights(model, data, out, "--rows_per_part", "2", *before)) == 130
     parts = sorted(Path(f"{out}.parts").glob("part-*.jsonl"))
     assert len(parts) == 2
     stale = [json.loads(line)["result"] for part in parts for line in part.read_text().splitlines()]
-    monkeypatch.setattr(weights_command, "score_part", real)
+    monkeypatch.setattr(estimate, "score_part", real)
     if option == "model_files":
         perturb_model_in_place(model)
     fresh = tmp_path / "fresh.jsonl"

@@ -6,7 +6,8 @@ import importlib
 import logging
 import sys
 
-from tisdpo.errors import UserError, did_you_mean
+from tisdpo.errors import UserError, did_you_mean, one_line
+from tisdpo.utils import library_output
 
 SUBCOMMANDS = {
     "train": ("tisdpo.commands.train", "train a policy (dpo, ipo, cdpo, tdpo1/2, simpo, tisdpo, dlma, sparsepo, sft)"),
@@ -26,9 +27,11 @@ SUBCOMMANDS = {
 }
 
 USAGE = (
-    "usage: tisdpo <command> [--flags] [--config recipe.yaml] [--debug]\n\ncommands:\n"
+    "usage: tisdpo <command> [--flags] [--config recipe.yaml] [--debug] [--verbose]\n\ncommands:\n"
     + "\n".join(f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
-    + "\n\n'tisdpo <command> --help' lists the command's flags."
+    + "\n\n'tisdpo <command> --help' lists the command's flags.\n"
+    + "--debug: a failure shows its traceback. --verbose: the libraries' own output too (transformers'\n"
+    + "per-model progress bars ...), which is left out by default."
 )
 
 
@@ -39,14 +42,10 @@ def run_command(name: str, argv: list[str]) -> object:
     return importlib.import_module(SUBCOMMANDS[name][0]).run(argv)
 
 
-def one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    debug, verbose = "--debug" in argv, "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -59,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[tisdpo] %(message)s")
     try:
-        run_command(name, rest)
+        importlib.import_module(SUBCOMMANDS[name][0])  # first: library_output sees what the command imports
+        with library_output(verbose):
+            run_command(name, rest)
     except UserError as err:
         if debug:
             raise

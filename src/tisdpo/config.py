@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from tisdpo.errors import UserError, did_you_mean
+from tisdpo.errors import UserError, did_you_mean, one_line
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.modeling import join_gguf
 from tisdpo.objectives import OBJECTIVES, Objective, objective_for
@@ -131,7 +131,7 @@ class TisdpoConfig(TrainingArguments):
 
     loss_type: Literal[LOSS_TYPES] = field(  # type: ignore[valid-type]
         default="dpo",
-        metadata={"help": "Objective: " + "; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())},
+        metadata={"help": "Objective: " + ", ".join(OBJECTIVES) + " (formulas: docs/method.md)."},
     )
     beta: float | None = field(
         default=None,
@@ -293,11 +293,6 @@ def extract_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
         else:
             rest.append(arg)
     return config, rest
-
-
-def one_line(text: str) -> str:
-    """Collapse a (library) message to one line."""
-    return " ".join(str(text).split())
 
 
 def _choices_text(choices: Sequence[Any]) -> str:

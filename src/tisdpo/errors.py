@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -43,3 +46,15 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' (did you mean X?)' suffix for an unknown name, or '' when nothing is close."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def one_line(text: object) -> str:
+    """A (library) message on one line: its non-blank lines, stripped, joined by single spaces."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def require(value: T | None, flag: str, command: str) -> T:
+    """``value``, or a UserError saying that ``command`` needs ``--flag``."""
+    if value is None:
+        raise UserError(f"{command} needs --{flag}")
+    return value

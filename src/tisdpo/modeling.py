@@ -13,11 +13,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tisdpo.errors import UserError
+
+if TYPE_CHECKING:
+    from tisdpo.config import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -371,3 +374,33 @@ def load_contrastive_pair(
     model.eval()
     logger.info("one base model %s with the adapters %s (positive) and %s (negative)", bases[0], positive, negative)
     return AdapterView(model, "positive"), AdapterView(model, "negative")
+
+
+# -- from the command-line options (ModelArguments) ---------------------------------------------
+def load_tokenizer_for(model_args: ModelArguments) -> Any:
+    """The tokenizer of ``--tokenizer_name_or_path``, else of ``--model_name_or_path``."""
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    return load_tokenizer(name, trust_remote_code=model_args.trust_remote_code, revision=model_args.revision)
+
+
+def load_model(model_args: ModelArguments, name: str) -> Any:
+    """The model ``name`` with the dtype, attention and remote-code options of ``model_args``."""
+    return load_causal_lm(
+        name,
+        model_args.dtype,
+        model_args.attn_implementation,
+        model_args.trust_remote_code,
+        model_args.revision,
+    )
+
+
+def load_model_pair(model_args: ModelArguments, positive: str, negative: str) -> tuple[Any, Any]:
+    """The contrastive pair of ``tisdpo weights`` (S, D): two LoRA adapters on one base share it."""
+    return load_contrastive_pair(
+        positive,
+        negative,
+        model_args.dtype,
+        model_args.attn_implementation,
+        model_args.trust_remote_code,
+        model_args.revision,
+    )

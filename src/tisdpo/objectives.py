@@ -107,6 +107,7 @@ class Objective:
     token_kl: Callable[[Any], bool] = never  # needs the full distributions of policy and reference
     hidden_states: Callable[[Any], bool] = never  # needs the policy's final hidden states
     default_label_smoothing: float = 0.0
+    parameters: tuple[str, ...] = ()  # its hyperparameters besides beta (TisdpoConfig fields)
 
     @property
     def pairs(self) -> bool:
@@ -223,66 +224,77 @@ def register(objective: Objective) -> Objective:
 
 
 for _objective in (
-    Objective("dpo", "DPO, sigmoid loss on summed log-ratios (Rafailov et al. 2023)", _dpo),
+    Objective(
+        "dpo",
+        "DPO (Rafailov et al. 2023): `-log sigmoid(beta * u)`, u the chosen minus the rejected summed log-ratio",
+        _dpo,
+    ),
     Objective(
         "ipo",
-        "IPO, squared loss on length-averaged log-ratios (Azar et al. 2023)",
+        "IPO (Azar et al. 2023): `(u' - 1/(2 beta))^2`, u' from length-averaged log-ratios",
         _ipo,
         beta_source="TRL's IPO default",
     ),
     Objective(
         "cdpo",
-        "conservative DPO: DPO with label smoothing (default 0.1)",
+        "cDPO, DPO with label smoothing eps (default 0.1): `-(1-eps) log sigmoid(beta u) - eps log sigmoid(-beta u)`",
         _dpo,
         default_label_smoothing=0.1,
+        parameters=("label_smoothing",),
     ),
     Objective(
         "tdpo1",
-        "TDPO1, DPO minus the sequential KL difference (Zeng et al. 2024)",
+        "TDPO1 (Zeng et al. 2024): DPO with the sequential KL difference `SeqKL(y_l) - SeqKL(y_w)` subtracted",
         _tdpo(1),
         beta_source="TDPO's reference code",
         token_kl=lambda args: True,
     ),
     Objective(
         "tdpo2",
-        "TDPO2, alpha-weighted sequential KL with the chosen side stopped",
+        "TDPO2 (Zeng et al. 2024): DPO minus `alpha * (SeqKL(y_l) - stopgrad SeqKL(y_w))`",
         _tdpo(2),
         beta_source="TDPO's reference code",
         token_kl=lambda args: True,
+        parameters=("tdpo_alpha",),
     ),
     Objective(
         "simpo",
-        "SimPO, reference-free, length-normalized, target margin (Meng et al. 2024)",
+        "SimPO (Meng et al. 2024): reference-free, `-log sigmoid(beta * (mean log-prob difference) - gamma)`",
         _simpo,
         default_beta=2.0,
         beta_source="SimPO's default",
         reference_free=True,
+        parameters=("simpo_gamma_beta_ratio",),
     ),
     Objective(
         "tisdpo",
-        "TIS-DPO, importance-weighted token log-ratios (Liu et al. 2025)",
+        "TIS-DPO (Liu et al. 2025): DPO on importance-weighted per-token log-ratios, "
+        "`-log sigmoid(beta * (sum_t w_t d_t(y_w) - sum_t w_t d_t(y_l)) - eta)`",
         _tisdpo,
         beta_source="the TIS-DPO reference code's",
         token_weights=True,
         token_kl=lambda args: bool(args.tisdpo_kl_coef),
+        parameters=("tisdpo_kl_coef",),
     ),
     Objective(
         "dlma",
-        "DLMA, DPO with a self-rewarding score margin (Liu et al. 2024)",
+        "DLMA (Liu et al. 2024): DPO with the self-rewarding score R as a margin, `gamma * clamp(R, -c, c)`",
         _dlma,
         beta_source="DLMA's reference run",
         score_column="dlma_score",
+        parameters=("dlma_gamma", "dlma_clamp"),
     ),
     Objective(
         "sparsepo",
-        "SparsePO, sparse token masks from the reference or a learned head (Christopoulou et al. 2024)",
+        "SparsePO (Christopoulou et al. 2024): DPO whose per-token rewards and KL terms are weighted by masks",
         _sparsepo,
         token_kl=lambda args: bool(args.sparsepo_kl_coef),
         hidden_states=lambda args: args.sparsepo_mask == "learned",
+        parameters=("sparsepo_mask", "sparsepo_threshold", "sparsepo_kl_coef"),
     ),
     Objective(
         "sft",
-        "supervised fine-tuning on the chosen responses",
+        "Supervised fine-tuning: mean negative log-likelihood of the (chosen) completion tokens",
         None,
         beta_source="unused by sft",
         reference_free=True,

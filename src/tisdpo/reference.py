@@ -10,19 +10,29 @@ log-prob path, so a changed model or dataset never reuses a stale cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import gc
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tisdpo.errors import UserError
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
+from tisdpo.modeling import (
+    distributed_state,
+    load_model,
+    model_fingerprint_parts,
+    unsharded_loading,
+    weights_materialized,
+)
 from tisdpo.scoring import score_sequences
-from tisdpo.utils import atomic_path
+from tisdpo.utils import atomic_path, digest
+
+if TYPE_CHECKING:
+    from tisdpo.config import ModelArguments, TisdpoConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +47,19 @@ def default_cache_dir() -> str:
 
 
 def reference_fingerprint(model_parts: dict[str, Any], dataset: Any, logprob_path: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {"model": model_parts, "path": logprob_path, "version": CACHE_VERSION},
-            sort_keys=True,
-            default=str,
-        ).encode()
+    return digest(
+        {"model": model_parts, "path": logprob_path, "version": CACHE_VERSION},
+        length=24,
+        chunks=token_id_bytes(dataset),
     )
+
+
+def token_id_bytes(dataset: Any) -> Iterator[bytes]:
+    """Every pair's token ids, each sequence preceded by its length."""
     for column in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
         for ids in dataset[column]:
-            digest.update(len(ids).to_bytes(4, "little"))
-            digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
-    return digest.hexdigest()[:24]
+            yield len(ids).to_bytes(4, "little")
+            yield torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes()
 
 
 def score_reference(
@@ -129,8 +139,6 @@ def add_reference_logps(
     """
     from accelerate.utils import gather_object
 
-    from tisdpo.modeling import distributed_state
-
     state = distributed_state()
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, reference_fingerprint(model_parts, dataset, logprob_path) + ".safetensors")
@@ -166,3 +174,68 @@ def add_reference_logps(
     return dataset.add_column("ref_chosen_logps", [c for c, _ in logps]).add_column(
         "ref_rejected_logps", [r for _, r in logps]
     )
+
+
+def with_reference_logps(
+    datasets: list[Any],
+    model: Any,
+    model_name: str,
+    tokenizer: Any,
+    config: TisdpoConfig,
+    reference_context: Any = None,
+) -> list[Any]:
+    """Attach precomputed reference log-probs (cached) to every dataset in the list (None stays None).
+
+    ``model`` must hold its full weights on every process (see ``modeling.unsharded_loading``).
+    """
+    if not weights_materialized(model):
+        raise UserError(
+            f"{model_name}: its weights are sharded across processes (FSDP CPU-RAM-efficient loading or ZeRO-3) "
+            "before training starts, so reference log-probs cannot be precomputed with it; "
+            "load it within tisdpo.modeling.unsharded_loading()"
+        )
+    model.to(distributed_state().device)
+    parts = model_fingerprint_parts(model_name, model)
+    kwargs = {"reference_context": reference_context} if reference_context is not None else {}
+    return [
+        None
+        if dataset is None
+        else add_reference_logps(
+            dataset,
+            model,
+            parts,
+            tokenizer.pad_token_id,
+            config.per_device_eval_batch_size,
+            config.logprob_path,
+            config.lm_head_chunk_size,
+            config.ref_logps_cache_dir,
+            **kwargs,
+        )
+        for dataset in datasets
+    ]
+
+
+def precompute_reference(
+    model_args: ModelArguments,
+    model_name: str,
+    policy: Any,
+    tokenizer: Any,
+    config: TisdpoConfig,
+    datasets: list[Any],
+) -> list[Any]:
+    """Attach reference log-probs to the datasets, holding no reference model afterwards.
+
+    The reference is ``--ref_model_name_or_path`` if given, else the policy's starting weights: the
+    policy itself (with PEFT, with its adapter disabled). When the policy's weights are sharded at
+    load (FSDP CPU-RAM-efficient loading, ZeRO-3), a full copy is loaded for the scoring and freed.
+    """
+    ref_name = model_args.ref_model_name_or_path
+    if ref_name or not weights_materialized(policy):
+        with unsharded_loading():
+            reference = load_model(model_args, ref_name or model_name)
+        datasets = with_reference_logps(datasets, reference, ref_name or model_name, tokenizer, config)
+        del reference
+        gc.collect()
+        return datasets
+    context = policy.disable_adapter if model_args.use_peft else None
+    return with_reference_logps(datasets, policy, model_name, tokenizer, config, context)

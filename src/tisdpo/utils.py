@@ -1,12 +1,15 @@
-"""Small shared helpers: atomic writes and JSON output."""
+"""Small shared helpers: atomic writes, JSON output, fingerprints of inputs, and the libraries' console output."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 
@@ -47,3 +50,77 @@ def file_identity(path: str) -> Any:
         stat = os.stat(path)
         return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return path
+
+
+def digest(payload: Any, length: int = 16, chunks: Iterable[bytes] = ()) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``payload`` as JSON (keys sorted, ``str()`` of
+    what JSON cannot hold), then of the raw ``chunks`` (token ids, tensors): the hash of every fingerprint."""
+    hasher = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()[:length]
+
+
+_verbose = False
+
+
+def is_verbose() -> bool:
+    """Whether the running command was given ``--verbose`` (see :func:`library_output`)."""
+    return _verbose
+
+
+@contextlib.contextmanager
+def library_output(verbose: bool) -> Iterator[None]:
+    """The console of one command: with ``verbose`` the libraries speak as they like (and
+    :func:`quiet_libraries` does nothing); without it their per-model progress bars are off.
+
+    A command that has not imported transformers by the time it starts loads no model (``tisdpo
+    compare``): it is left alone, which spares it importing the libraries only to quiet them."""
+    global _verbose
+    saved = _verbose
+    _verbose = verbose
+    quiet = not verbose and "transformers" in sys.modules
+    try:
+        with quiet_libraries() if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        _verbose = saved
+
+
+@contextlib.contextmanager
+def quiet_libraries(logs: bool = False) -> Iterator[None]:
+    """Turn off the progress bars of transformers, huggingface_hub and datasets ("Loading weights",
+    "Writing model shards", downloads, ``map``), which repeat for every model a command loads or saves;
+    with ``logs`` also their warnings and this package's INFO lines (the pipeline prints its own
+    stage lines instead). Everything is restored afterwards; nothing changes under ``--verbose``."""
+    if _verbose:
+        yield
+        return
+    import datasets
+    import transformers
+
+    hf_logging = transformers.utils.logging
+    ours = logging.getLogger("tisdpo")
+    saved = (
+        hf_logging.is_progress_bar_enabled(),
+        datasets.is_progress_bar_enabled(),
+        hf_logging.get_verbosity(),
+        datasets.logging.get_verbosity(),
+        ours.level,
+    )
+    hf_logging.disable_progress_bar()  # transformers' bars and huggingface_hub's
+    datasets.disable_progress_bars()
+    if logs:
+        hf_logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()
+        ours.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if saved[0]:
+            hf_logging.enable_progress_bar()
+        if saved[1]:
+            datasets.enable_progress_bars()
+        hf_logging.set_verbosity(saved[2])
+        datasets.logging.set_verbosity(saved[3])
+        ours.setLevel(saved[4])

@@ -1,156 +1,20 @@
-"""``tisdpo dlma generate``: preference pairs without human labels (DLMA, Liu et al. 2024).
+"""``tisdpo dlma generate``: preference pairs without human labels (DLMA); see :mod:`tisdpo.dlma`.
 
-For each prompt q the model samples a1 under the positive prompt p+ and a2 under the negative
-prompt p-, and scores the pair with the same model under both prompts:
-
-    R = [log p(a1 | p+, q) - log p(a1 | p-, q)] - [log p(a2 | p+, q) - log p(a2 | p-, q)]
-
-The output rows are ``prompt``, ``chosen`` (a1), ``rejected`` (a2) and ``dlma_score`` (R): a plain
-preference file for ``tisdpo train --loss_type dlma`` (DPO with R as a margin), ``tisdpo weights``
-and TIS-DPO. Conversational prompts give conversational pairs (each response an assistant message).
-Log-probs are teacher-forced on the trainer's completion ids (for conversations, the tokens the chat
-template adds after the generation prompt), the contexts built by the one tokenization path: only the
-user's prompt is cut to ``max_prompt_length``, never the contrastive text.
+This module checks the flags (:class:`tisdpo.dlma.DlmaArguments` with the model and data flags), runs
+:func:`tisdpo.dlma.generate_dlma_pairs` and writes the pairs with their provenance.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
-from tisdpo import __version__
-from tisdpo.commands.common import distributed_state, load_model, load_tokenizer_for, require
 from tisdpo.config import DataArguments, ModelArguments, parse_config
-from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
-from tisdpo.errors import UserError
-from tisdpo.evaluation.generation import eos_token_ids, sample_responses
-from tisdpo.evaluation.prompts import PromptItem, load_prompts
-from tisdpo.scoring import score_sequences
+from tisdpo.dlma import DlmaArguments, generate_dlma_pairs
+from tisdpo.errors import UserError, require
 from tisdpo.weights.io import check_output_extension, write_meta, write_rows
-from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 
 logger = logging.getLogger(__name__)
 USAGE = "usage: tisdpo dlma generate --model_name_or_path M --dataset_name PROMPTS --output_file pairs.jsonl [flags]"
-
-
-@dataclass
-class DlmaArguments:
-    output_file: str | None = field(
-        default=None, metadata={"help": "Where the generated pairs go (.jsonl or .parquet)."}
-    )
-    positive_prompt: str = field(
-        default="dlma_harmless", metadata={"help": "Preset name or text (template with {prompt}, or a system text)."}
-    )
-    negative_prompt: str = field(
-        default="dlma_harmful", metadata={"help": "Preset name or text for the negative side."}
-    )
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled response."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences per scoring forward."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N distinct prompts."})
-    prompt_column: str | None = field(
-        default=None, metadata={"help": "Column holding the prompt (default: prompt / post / the pair's prompt)."}
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Sampling seed (each process and side gets its own, derived from it)."}
-    )
-
-
-def as_response(text: str, chat: bool) -> str | list[dict[str, str]]:
-    """A sampled response in the prompt's format: conversational prompts get an assistant message."""
-    return [{"role": "assistant", "content": text}] if chat else text
-
-
-def dlma_scores(
-    model: Any,
-    pair_tokenizer: PairTokenizer,
-    rows: list[dict[str, Any]],
-    positive: ContrastivePrompt,
-    negative: ContrastivePrompt,
-    batch_size: int,
-) -> list[float | None]:
-    """R for each pair (None when truncation leaves no completion token), teacher-forced on the trainer's
-    completion ids under each contrastive prompt."""
-    sequences, scored = [], []
-    for index, row in enumerate(rows):
-        pair = pair_tokenizer.tokenize(row)
-        if pair is None:
-            continue
-        pos = pair_tokenizer.contrast_context(row, positive.apply, pair).ids
-        neg = pair_tokenizer.contrast_context(row, negative.apply, pair).ids
-        sequences += [
-            (pos, pair.chosen_ids),
-            (neg, pair.chosen_ids),
-            (pos, pair.rejected_ids),
-            (neg, pair.rejected_ids),
-        ]
-        scored.append(index)
-    logps = [
-        sum(values)
-        for values in score_sequences(
-            model, sequences, pair_tokenizer.tokenizer.pad_token_id, batch_size, progress=False
-        )
-    ]
-    scores: list[float | None] = [None] * len(rows)
-    for k, index in enumerate(scored):
-        scores[index] = (logps[4 * k] - logps[4 * k + 1]) - (logps[4 * k + 2] - logps[4 * k + 3])
-    return scores
-
-
-def generate_pairs(
-    model: Any,
-    pair_tokenizer: PairTokenizer,
-    shard: list[PromptItem],
-    positive: ContrastivePrompt,
-    negative: ContrastivePrompt,
-    eos: list[int],
-    args: DlmaArguments,
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """This process's pairs (a1 sampled under p+, a2 under p-, scored) and its skipped counts
-    [an empty sample, no room for a completion under max_length]."""
-    tokenizer = pair_tokenizer.tokenizer
-    state = distributed_state()
-    contexts = {
-        role: [pair_tokenizer.contrast_prompt(item.prompt, prompt.apply) for item in shard]
-        for role, prompt in (("positive", positive), ("negative", negative))
-    }
-    seed = args.seed + 1000 * state.process_index
-    sampled = []
-    for role in ("positive", "negative"):
-        seed += 1
-        samples = sample_responses(
-            model,
-            [context.ids for context in contexts[role]],
-            1,
-            eos,
-            tokenizer.pad_token_id,
-            args.max_new_tokens,
-            args.temperature,
-            args.top_p,
-            seed=seed,
-            batch_size=args.generation_batch_size,
-            desc=f"sampling ({role})",
-            progress=state.is_main_process,
-        )
-        sampled.append([tokenizer.decode(s[0], skip_special_tokens=True) for s in samples])
-    kept = [k for k in range(len(shard)) if sampled[0][k].strip() and sampled[1][k].strip()]
-    pairs = [
-        {
-            "source_index": shard[k].source_index,
-            "prompt": shard[k].prompt,
-            "chosen": as_response(sampled[0][k], shard[k].chat),
-            "rejected": as_response(sampled[1][k], shard[k].chat),
-            "prompt_cut": contexts["positive"][k].cut,
-        }
-        for k in kept
-    ]
-    scores = dlma_scores(model, pair_tokenizer, pairs, positive, negative, args.batch_size)
-    records = [{**pair, "dlma_score": float(score)} for pair, score in zip(pairs, scores) if score is not None]
-    return records, [len(shard) - len(kept), len(pairs) - len(records)]
 
 
 def run(argv: list[str]) -> None:
@@ -161,62 +25,20 @@ def run(argv: list[str]) -> None:
     )
     output = require(args.output_file, "output_file", "tisdpo dlma generate")
     check_output_extension(output)
-    model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo dlma generate")
-    dataset = require(data_args.dataset_name, "dataset_name", "tisdpo dlma generate")
-    positive, negative = resolve_prompt(args.positive_prompt), resolve_prompt(args.negative_prompt)
-    from accelerate.utils import gather_object
-
-    state = distributed_state()
-    tokenizer = load_tokenizer_for(model_args)
-    pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
-    items = load_prompts(
-        dataset, data_args.dataset_split, args.max_prompts, args.prompt_column, None, data_args.prompt_template
-    )
-    model = load_model(model_args, model_name).to(state.device)
-    eos = eos_token_ids(tokenizer, model)
-    with state.split_between_processes(list(range(len(items)))) as mine:
-        records, skipped = generate_pairs(
-            model, pair_tokenizer, [items[i] for i in mine], positive, negative, eos, args
-        )
-    if state.num_processes > 1:
-        gathered = [row for part in gather_object([records]) for row in part]
-        skipped = [sum(counts) for counts in zip(*gather_object([skipped]))]
-    else:
-        gathered = records
-    if not state.is_main_process:
+    require(model_args.model_name_or_path, "model_name_or_path", "tisdpo dlma generate")
+    require(data_args.dataset_name, "dataset_name", "tisdpo dlma generate")
+    pairs = generate_dlma_pairs(model_args, data_args, args)
+    if pairs is None:  # not the main process
         return
-    gathered.sort(key=lambda row: row.pop("source_index"))
-    prompts_cut = sum(row.pop("prompt_cut") for row in gathered)
-    write_rows(output, gathered)
-    write_meta(
-        output,
-        {
-            "method": "dlma",
-            "model": model_name,
-            "dataset": dataset,
-            "positive_prompt": dataclasses.asdict(positive),
-            "negative_prompt": dataclasses.asdict(negative),
-            "tokenizer": model_args.tokenizer_name_or_path or model_name,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-            "rows": len(gathered),
-            "skipped_empty": skipped[0],
-            "skipped_no_room": skipped[1],
-            "prompts_cut": prompts_cut,
-            "max_length": data_args.max_length,
-            "max_prompt_length": data_args.max_prompt_length,
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "tisdpo_version": __version__,
-        },
-    )
+    write_rows(output, pairs.rows)
+    write_meta(output, pairs.meta)
     logger.info(
         "wrote %d DLMA pairs to %s (%d prompts skipped: an empty sample; %d: no room for a completion under "
         "max_length; %d prompts longer than max_prompt_length=%s had their start cut, the contrastive text kept whole)",
-        len(gathered),
+        len(pairs.rows),
         output,
-        skipped[0],
-        skipped[1],
-        prompts_cut,
+        pairs.meta["skipped_empty"],
+        pairs.meta["skipped_no_room"],
+        pairs.meta["prompts_cut"],
         data_args.max_prompt_length,
     )

@@ -2,54 +2,22 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-from typing import Any
 
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from tisdpo.commands.common import (
-    load_model,
-    load_pairs,
-    load_tokenizer_for,
-    require,
-    with_reference_logps,
-)
 from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
+from tisdpo.data.load import load_pairs
 from tisdpo.data.tokenize import PairTokenizer
-from tisdpo.modeling import distributed_state, unsharded_loading, weights_materialized, wrap_with_lora
+from tisdpo.errors import require
+from tisdpo.modeling import distributed_state, load_model, load_tokenizer_for, wrap_with_lora
+from tisdpo.reference import precompute_reference
 from tisdpo.trainer import PreferenceTrainer
 from tisdpo.utils import write_json
 
 logger = logging.getLogger(__name__)
-
-
-def precompute_reference(
-    model_args: ModelArguments,
-    model_name: str,
-    policy: Any,
-    tokenizer: Any,
-    config: TisdpoConfig,
-    datasets: list[Any],
-) -> list[Any]:
-    """Attach reference log-probs to the datasets, holding no reference model afterwards.
-
-    The reference is ``--ref_model_name_or_path`` if given, else the policy's starting weights: the
-    policy itself (with PEFT, with its adapter disabled). When the policy's weights are sharded at
-    load (FSDP CPU-RAM-efficient loading, ZeRO-3), a full copy is loaded for the scoring and freed.
-    """
-    ref_name = model_args.ref_model_name_or_path
-    if ref_name or not weights_materialized(policy):
-        with unsharded_loading():
-            reference = load_model(model_args, ref_name or model_name)
-        datasets = with_reference_logps(datasets, reference, ref_name or model_name, tokenizer, config)
-        del reference
-        gc.collect()
-        return datasets
-    context = policy.disable_adapter if model_args.use_peft else None
-    return with_reference_logps(datasets, policy, model_name, tokenizer, config, context)
 
 
 def run(argv: list[str]) -> dict[str, float]:

@@ -1,100 +1,22 @@
 """``tisdpo weights``: token rewards from a contrastive pair, turned into TIS-DPO weights.
 
-    r_t = log p+(y_t | context+) - log p-(y_t | context-)      (teacher-forced, per response token)
-
-Sources: two models (S: SFT on chosen vs on rejected; D: DPO vs reverse DPO), or one model under a
-positive and a negative prompt (P). The completion tokens are exactly the trainer's (same
-tokenization path, EOS included). Work is split into parts written atomically, so a killed run
-resumes where it stopped; under ``accelerate launch`` the parts are shared among processes and the
-main process merges them in input order.
+The flags are :class:`tisdpo.weights.arguments.WeightsArguments` (with the model and data flags); the
+work is :func:`tisdpo.weights.estimate.estimate_weights` (or, with ``--from_rewards``,
+:func:`tisdpo.weights.estimate.rederive_weights`). This module checks the flags and writes the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import math
-import os
 import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
 
-from tisdpo import __version__
-from tisdpo.commands.common import distributed_state, format_options, load_model, load_model_pair
 from tisdpo.config import DataArguments, ModelArguments, parse_config
-from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
-from tisdpo.data.prepare import check_numbers, check_token_ids
-from tisdpo.data.tokenize import PairTokenizer, PromptContext, TokenizedPair, tokenizer_fingerprint
 from tisdpo.errors import UserError
-from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
-from tisdpo.modeling import load_tokenizer
-from tisdpo.scoring import score_sequences
-from tisdpo.utils import atomic_path, file_identity
-from tisdpo.weights.io import check_output_extension, read_meta, remove_meta, write_meta, write_rows
-from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
-from tisdpo.weights.transforms import TRANSFORM_NAMES, WeightTransformConfig, transform_pair
+from tisdpo.weights.arguments import WeightsArguments, transform_config
+from tisdpo.weights.estimate import estimate_weights, parts_dir, rederive_weights
+from tisdpo.weights.io import check_output_extension, remove_meta, write_meta, write_rows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class WeightsArguments:
-    output_file: str | None = field(
-        default=None, metadata={"help": "Where to write the weights file (.jsonl or .parquet)."}
-    )
-    positive_model_name_or_path: str | None = field(default=None, metadata={"help": "pi+ (S: SFT on chosen; D: DPO)."})
-    negative_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "pi- (S: SFT on rejected; D: reverse DPO)."}
-    )
-    positive_prompt: str | None = field(
-        default=None,
-        metadata={"help": "P: preset name or text (a system prompt, or a template with {prompt})."},
-    )
-    negative_prompt: str | None = field(
-        default=None, metadata={"help": "P: preset name or text for the negative side."}
-    )
-    from_rewards: str | None = field(
-        default=None,
-        metadata={"help": "Re-derive weights from a weights file's stored rewards (no model needed)."},
-    )
-    weight_transform: Literal[TRANSFORM_NAMES] = field(
-        default="exp",
-        metadata={"help": "exp, rank_based, threshold_and_scale, threshold, binary, random, origin."},
-    )  # type: ignore[valid-type]
-    weight_mu: float = field(
-        default=1.0,
-        metadata={"help": "exp: w = clamp(k * exp(+-mu * r), min, max); +mu on chosen, -mu on rejected."},
-    )
-    weight_k: float = field(default=1.0, metadata={"help": "exp: the scale k."})
-    weight_min: float = field(default=0.5, metadata={"help": "exp: the lower clamp L."})
-    weight_max: float = field(default=2.0, metadata={"help": "exp: the upper clamp U."})
-    weight_rank_min: float = field(
-        default=0.7, metadata={"help": "rank_based / threshold_and_scale / random: lowest weight."}
-    )
-    weight_rank_max: float = field(
-        default=1.3, metadata={"help": "rank_based / threshold_and_scale / random: highest weight."}
-    )
-    weight_threshold: float = field(default=1.0, metadata={"help": "threshold: clip rewards to [-t, t]."})
-    weight_scale_threshold: float = field(
-        default=1.5, metadata={"help": "threshold_and_scale: clip to [-t, t] before scaling."}
-    )
-    weight_binary_top_fraction: float = field(
-        default=0.5, metadata={"help": "binary: the share of tokens that get weight 1."}
-    )
-    weight_seed: int = field(default=0, metadata={"help": "random: the seed."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass (length-sorted)."})
-    max_batch_tokens: int | None = field(
-        default=None, metadata={"help": "Also cap a batch at this many padded tokens."}
-    )
-    logprob_path: Literal["chunked", "logits"] = field(
-        default="chunked", metadata={"help": "Log-prob path (see tisdpo train)."}
-    )
-    lm_head_chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per LM-head chunk."})
-    rows_per_part: int = field(default=256, metadata={"help": "Rows per resumable part."})
-
 
 REVERSE_PAIRS_REFUSED = (
     "--reverse_pairs: tisdpo weights scores the pairs as the file has them; score them without it, then train "
@@ -103,268 +25,12 @@ REVERSE_PAIRS_REFUSED = (
 )
 
 
-def transform_config(args: WeightsArguments) -> WeightTransformConfig:
-    config = WeightTransformConfig(
-        name=args.weight_transform,
-        mu=args.weight_mu,
-        k=args.weight_k,
-        min_weight=args.weight_min,
-        max_weight=args.weight_max,
-        rank_min=args.weight_rank_min,
-        rank_max=args.weight_rank_max,
-        threshold=args.weight_threshold,
-        scale_threshold=args.weight_scale_threshold,
-        binary_top_fraction=args.weight_binary_top_fraction,
-        seed=args.weight_seed,
-    )
-    try:
-        config.validate()
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return config
-
-
-def check_rewards(row: dict[str, Any], source: str, where: str) -> None:
-    """Stored token rewards must be one finite number per completion token."""
-    for side in ("chosen", "rejected"):
-        key = f"{side}_token_rewards"
-        rewards = row.get(key)
-        if rewards is None:
-            raise UserError(
-                "is missing: --from_rewards needs a file written by `tisdpo weights`",
-                source=source,
-                location=where,
-                field=key,
-            )
-        rewards = check_numbers(rewards, "reward", source, where, key)
-        bad = next((i for i, r in enumerate(rewards) if not math.isfinite(r)), None)
-        if bad is not None:
-            raise UserError(
-                f"reward {bad} is {rewards[bad]} (expected a finite number)", source=source, location=where, field=key
-            )
-        ids = row.get(f"{side}_token_ids")
-        if ids is not None and len(check_token_ids(ids, source, where, f"{side}_token_ids")) != len(rewards):
-            raise UserError(
-                f"has {len(rewards)} rewards but {side}_token_ids has {len(ids)} tokens (expected one reward per token)",
-                source=source,
-                location=where,
-                field=key,
-            )
-
-
-def add_weights(
-    row: dict[str, Any], config: WeightTransformConfig, example_index: int, source: str = "", where: str = ""
-) -> dict[str, Any]:
-    try:
-        chosen, rejected = transform_pair(
-            row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index
-        )
-    except ValueError as err:  # e.g. a model gave a token probability 0: reward -inf
-        raise UserError(
-            f"cannot turn the token rewards into weights: {err}", source=source or None, location=where or None
-        ) from None
-    return {
-        **row,
-        "chosen_weights": [float(w) for w in chosen],
-        "rejected_weights": [float(w) for w in rejected],
-    }
-
-
-@dataclass
-class Contrast:
-    """The two scorers: a (model, prompt) for each side; P shares one model."""
-
-    positive_model: Any
-    negative_model: Any
-    positive_prompt: ContrastivePrompt | None = None
-    negative_prompt: ContrastivePrompt | None = None
-
-
-def scoring_context(
-    pair_tokenizer: PairTokenizer,
-    row: dict[str, Any],
-    pair: TokenizedPair,
-    prompt: ContrastivePrompt | None,
-    where: str,
-) -> PromptContext:
-    """Prompt ids of one side's scoring context: the trainer's own, or the user's prompt (cut to
-    max_prompt_length, never the contrastive text) under a contrastive prompt."""
-    if prompt is None:
-        return PromptContext(pair.prompt_ids, pair.prompt_cut)
-    return pair_tokenizer.contrast_context(row, prompt.apply, pair, where)
-
-
-def score_part(
-    rows: list[dict[str, Any]],
-    pair_tokenizer: PairTokenizer,
-    contrast: Contrast,
-    args: WeightsArguments,
-    where: list[str],
-) -> list[dict[str, Any]]:
-    """One line per row: ``result`` (token ids and rewards; None for a row truncation drops) and
-    ``prompt_cut`` (its prompt was longer than max_prompt_length)."""
-    pairs = [pair_tokenizer.tokenize(row) for row in rows]
-    kept = [i for i, pair in enumerate(pairs) if pair is not None]
-    sides = {}
-    cut = [False] * len(rows)
-    for name, model, prompt in (
-        ("positive", contrast.positive_model, contrast.positive_prompt),
-        ("negative", contrast.negative_model, contrast.negative_prompt),
-    ):
-        sequences = []
-        for i in kept:
-            context = scoring_context(pair_tokenizer, rows[i], pairs[i], prompt, where[i])
-            cut[i] = cut[i] or context.cut
-            sequences += [(context.ids, pairs[i].chosen_ids), (context.ids, pairs[i].rejected_ids)]
-        sides[name] = score_sequences(
-            model,
-            sequences,
-            pair_tokenizer.tokenizer.pad_token_id,
-            args.batch_size,
-            logprob_path=args.logprob_path,
-            chunk_size=args.lm_head_chunk_size,
-            max_tokens=args.max_batch_tokens,
-            desc=f"{name} log-probs",
-            progress=False,
-        )
-    out: list[dict[str, Any]] = [{"result": None, "prompt_cut": False} for _ in rows]
-    for k, i in enumerate(kept):
-        pos, neg = sides["positive"], sides["negative"]
-        result = {
-            "chosen_token_ids": pairs[i].chosen_ids,
-            "rejected_token_ids": pairs[i].rejected_ids,
-            "chosen_token_rewards": [a - b for a, b in zip(pos[2 * k], neg[2 * k])],
-            "rejected_token_rewards": [a - b for a, b in zip(pos[2 * k + 1], neg[2 * k + 1])],
-        }
-        out[i] = {"result": result, "prompt_cut": cut[i]}
-    return out
-
-
-# Options that cannot change what a part holds (token ids and rewards): where the output goes, and the
-# weight transform (every ``weight_*`` flag), applied to the merged rewards after scoring. Every other
-# option of every argument group is in the fingerprint of the parts, so none can be forgotten.
-NOT_IN_PARTS = ("output_file", "from_rewards")
-PARTS_FORMAT = 2  # part lines: {"result": ..., "prompt_cut": ...}
-
-
-def part_options(args: WeightsArguments) -> dict[str, Any]:
-    return {
-        name: value
-        for name, value in dataclasses.asdict(args).items()
-        if name not in NOT_IN_PARTS and not name.startswith("weight_")
-    }
-
-
-def path_identity(name: str | None) -> Any:
-    """What a fingerprint should know of a local file or folder (each file's size and time), else the name."""
-    if name and os.path.isdir(name):
-        return {entry.name: file_identity(entry.path) for entry in sorted(os.scandir(name), key=lambda e: e.name)}
-    return file_identity(name) if name else None
-
-
-def parts_fingerprint(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    args: WeightsArguments,
-    meta: dict[str, Any],
-    rows: list[dict[str, Any]],
-) -> str:
-    """A hash of everything that decides the scored rows: parts with another one are not reused."""
-    inputs = (
-        data_args.dataset_name,
-        model_args.model_name_or_path,
-        model_args.tokenizer_name_or_path,
-        args.positive_model_name_or_path,
-        args.negative_model_name_or_path,
-    )
-    payload = {
-        "format": PARTS_FORMAT,
-        "model_args": dataclasses.asdict(model_args),
-        "data_args": dataclasses.asdict(data_args),
-        "args": part_options(args),
-        "meta": meta,
-        "inputs": [path_identity(name) for name in inputs],
-        "source_rows": [row["source_index"] for row in rows],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def build_contrast(model_args: ModelArguments, args: WeightsArguments) -> tuple[Contrast, dict[str, Any], str]:
-    """Load the scorers; return them, their provenance and the tokenizer's name."""
-    device = distributed_state().device
-    if args.positive_model_name_or_path or args.negative_model_name_or_path:
-        if not (args.positive_model_name_or_path and args.negative_model_name_or_path):
-            raise UserError("methods S and D need both --positive_model_name_or_path and --negative_model_name_or_path")
-        if args.positive_prompt or args.negative_prompt:
-            raise UserError(
-                "give either two models (S, D) or one model with --positive_prompt/--negative_prompt (P), not both"
-            )
-        pair = load_model_pair(model_args, args.positive_model_name_or_path, args.negative_model_name_or_path)
-        positive, negative = (model.to(device) for model in pair)
-        if positive.config.vocab_size != negative.config.vocab_size:
-            raise UserError(
-                f"the two models have different vocabularies ({positive.config.vocab_size} vs {negative.config.vocab_size})",
-                source=args.negative_model_name_or_path,
-            )
-        provenance = {
-            "method": "models",
-            "positive_model": args.positive_model_name_or_path,
-            "negative_model": args.negative_model_name_or_path,
-        }
-        return (
-            Contrast(positive, negative),
-            provenance,
-            model_args.tokenizer_name_or_path or args.positive_model_name_or_path,
-        )
-    if not (model_args.model_name_or_path and args.positive_prompt and args.negative_prompt):
-        raise UserError(
-            "give --positive_model_name_or_path and --negative_model_name_or_path (S, D), or --model_name_or_path with --positive_prompt and --negative_prompt (P)"
-        )
-    model = load_model(model_args, model_args.model_name_or_path).to(device)
-    positive, negative = resolve_prompt(args.positive_prompt), resolve_prompt(args.negative_prompt)
-    provenance = {
-        "method": "prompt",
-        "model": model_args.model_name_or_path,
-        "positive_prompt": dataclasses.asdict(positive),
-        "negative_prompt": dataclasses.asdict(negative),
-    }
-    return (
-        Contrast(model, model, positive, negative),
-        provenance,
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-    )
-
-
-def check_tokenizer_matches(contrast_models: list[str], fingerprint: str, trust_remote_code: bool) -> None:
-    for name in contrast_models:
-        if (
-            os.path.exists(os.path.join(name, "tokenizer_config.json"))
-            and tokenizer_fingerprint(load_tokenizer(name, trust_remote_code)) != fingerprint
-        ):
-            raise UserError(
-                "this model's tokenizer differs from the one used for scoring; both contrastive models must share one tokenizer",
-                source=name,
-            )
-
-
-def rederive(args: WeightsArguments, output_file: str) -> None:
-    """``--from_rewards``: new weights from stored rewards, without any model."""
-    config = transform_config(args)
-    records = read_records(args.from_rewards)
-    rows = []
-    for index, row in enumerate(records.rows):
-        check_rewards(row, records.source, records.where(index))
-        rows.append(add_weights(row, config, index, records.source, records.where(index)))
-    if not rows:
-        raise UserError("the file has no rows", source=args.from_rewards)
-    meta = read_meta(args.from_rewards) or {}
-    remove_meta(output_file)  # never a new file beside the old one's provenance
+def write_weights_file(output_file: str, rows: list[dict], meta: dict) -> None:
+    """Order matters for a kill at any moment: the old provenance goes first, then the rows and their
+    provenance are each renamed into place; a file never sits beside another run's provenance."""
+    remove_meta(output_file)
     write_rows(output_file, rows)
-    write_meta(
-        output_file,
-        {**meta, "transform": dataclasses.asdict(config), "derived_from": args.from_rewards},
-    )
-    logger.info("wrote %d rows with %s weights to %s", len(rows), config.name, output_file)
+    write_meta(output_file, meta)
 
 
 def run(argv: list[str]) -> None:
@@ -377,148 +43,21 @@ def run(argv: list[str]) -> None:
     if data_args.reverse_pairs:
         raise UserError(REVERSE_PAIRS_REFUSED)
     if args.from_rewards:
-        rederive(args, args.output_file)
+        config = transform_config(args)
+        rows, meta = rederive_weights(args.from_rewards, config)
+        write_weights_file(args.output_file, rows, meta)
+        logger.info("wrote %d rows with %s weights to %s", len(rows), config.name, args.output_file)
         return
     if not data_args.dataset_name:
         raise UserError("tisdpo weights needs --dataset_name")
-    config = transform_config(args)
-    contrast, provenance, tokenizer_name = build_contrast(model_args, args)
-    tokenizer = load_tokenizer(tokenizer_name, model_args.trust_remote_code, model_args.revision)
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    if provenance["method"] == "models":
-        check_tokenizer_matches(
-            [args.positive_model_name_or_path, args.negative_model_name_or_path],
-            fingerprint,
-            model_args.trust_remote_code,
-        )
-    pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
-    records, rows = load_preference_rows(
-        data_args.dataset_name,
-        data_args.dataset_split,
-        format_options(data_args),
-        data_args.max_samples,
-        data_args.skip_empty_responses,
-        drop_identical=data_args.drop_identical_pairs,
-    )
-    meta = {
-        **provenance,
-        "dataset": data_args.dataset_name,
-        "tokenizer": tokenizer_name,
-        "tokenizer_fingerprint": fingerprint,
-        "max_length": data_args.max_length,
-        "max_prompt_length": data_args.max_prompt_length,
-        "prompt_template": data_args.prompt_template,
-        "reverse_pairs": data_args.reverse_pairs,
-        "drop_identical_pairs": data_args.drop_identical_pairs,
-        "dtype": model_args.dtype,
-        "tisdpo_version": __version__,
-    }
-    scored = score_in_parts(
-        records,
-        rows,
-        pair_tokenizer,
-        contrast,
-        args,
-        parts_fingerprint(model_args, data_args, args, meta, rows),
-    )
-    if scored is None:
+    estimated = estimate_weights(model_args, data_args, args)
+    if estimated is None:  # not the main process
         return
-    output, dropped, cut = [], 0, 0
-    for row, line in zip(rows, scored):
-        result = line["result"]
-        if result is None:
-            dropped += 1
-            continue
-        cut += line["prompt_cut"]
-        raw = records.rows[row["source_index"]]
-        where = records.where(row["source_index"])
-        output.append(add_weights({**raw, **result}, config, row["source_index"], records.source, where))
-    if not output:
-        raise UserError(
-            f"no pair left after truncation (all {len(rows)} dropped); raise --max_length or lower --max_prompt_length",
-            source=records.source,
-        )
-    if dropped:
-        logger.warning(
-            "%s: dropped %d of %d pair(s) whose prompt leaves no room for completion tokens (max_length=%s, max_prompt_length=%s)",
-            records.source,
-            dropped,
-            len(rows),
-            data_args.max_length,
-            data_args.max_prompt_length,
-        )
-    if cut:
-        logger.info(
-            "%s: %d of %d pair(s) have a prompt longer than max_prompt_length=%s; its start was cut as for training%s",
-            records.source,
-            cut,
-            len(output),
-            data_args.max_prompt_length,
-            " (the contrastive text is kept whole)" if provenance["method"] == "prompt" else "",
-        )
-    # Order matters for a kill at any moment: the old provenance goes first, then the rows and their
-    # provenance are each renamed into place; a file never sits beside another run's provenance.
-    remove_meta(args.output_file)
-    write_rows(args.output_file, output)
-    write_meta(
+    write_weights_file(args.output_file, estimated.rows, estimated.meta)
+    shutil.rmtree(parts_dir(args.output_file), ignore_errors=True)
+    logger.info(
+        "wrote %d rows to %s (%d dropped by truncation)",
+        len(estimated.rows),
         args.output_file,
-        {
-            **meta,
-            "transform": dataclasses.asdict(config),
-            "rows": len(output),
-            "dropped": dropped,
-            "prompts_cut": cut,
-        },
+        estimated.meta["dropped"],
     )
-    shutil.rmtree(args.output_file + ".parts", ignore_errors=True)
-    logger.info("wrote %d rows to %s (%d dropped by truncation)", len(output), args.output_file, dropped)
-
-
-def score_in_parts(
-    records: RawRecords,
-    rows: list[dict[str, Any]],
-    pair_tokenizer: PairTokenizer,
-    contrast: Contrast,
-    args: WeightsArguments,
-    fingerprint: str,
-) -> list[dict[str, Any]] | None:
-    """Score all rows part by part (the lines of ``score_part``); finished parts survive a kill.
-    Returns None on non-main processes."""
-    from tqdm.auto import tqdm
-
-    state = distributed_state()
-    parts_dir = args.output_file + ".parts"
-    stamp = os.path.join(parts_dir, "fingerprint")
-    if state.is_main_process:
-        if os.path.isdir(parts_dir) and (not os.path.exists(stamp) or Path(stamp).read_text() != fingerprint):
-            logger.info("discarding parts of an earlier run with other inputs in %s", parts_dir)
-            shutil.rmtree(parts_dir)
-        os.makedirs(parts_dir, exist_ok=True)
-        with atomic_path(stamp) as tmp, open(tmp, "w") as handle:
-            handle.write(fingerprint)
-    state.wait_for_everyone()
-    size = args.rows_per_part
-    starts = list(range(0, len(rows), size))
-    mine = [s for k, s in enumerate(starts) if k % state.num_processes == state.process_index]
-    done = sum(os.path.exists(part_path(parts_dir, s)) for s in starts)
-    if done:
-        logger.info("resuming: %d of %d parts already scored", done, len(starts))
-    for start in tqdm(mine, desc="token rewards", disable=not state.is_main_process):
-        path = part_path(parts_dir, start)
-        if os.path.exists(path):
-            continue
-        chunk = rows[start : start + size]
-        where = [records.where(r["source_index"]) for r in chunk]
-        write_rows(path, score_part(chunk, pair_tokenizer, contrast, args, where))
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    merged: list[dict[str, Any]] = []
-    for start in starts:
-        with open(part_path(parts_dir, start), encoding="utf-8") as handle:
-            merged.extend(json.loads(line) for line in handle)
-    return merged
-
-
-def part_path(parts_dir: str, start: int) -> str:
-    return os.path.join(parts_dir, f"part-{start:09d}.jsonl")

@@ -23,14 +23,13 @@ then the start of its first kept message. The completion ids are the trainer's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tisdpo.data.formats import is_conversation
 from tisdpo.errors import UserError
+from tisdpo.utils import digest
 
 
 @dataclass(frozen=True)
@@ -234,4 +233,4 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "class": type(tokenizer).__name__,
         "chat_template": getattr(tokenizer, "chat_template", None),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(payload)

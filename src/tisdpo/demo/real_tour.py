@@ -282,9 +282,12 @@ def quiet() -> Iterator[None]:
     import logging
     import warnings
 
-    from tisdpo.pipeline.command import quiet_libraries
+    from tisdpo.utils import is_verbose, quiet_libraries
 
-    with quiet_libraries(), warnings.catch_warnings():
+    if is_verbose():
+        yield
+        return
+    with quiet_libraries(logs=True), warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         ours = logging.getLogger("tisdpo")
         level = ours.level

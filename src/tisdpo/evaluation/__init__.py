@@ -1,4 +1,5 @@
-"""Evaluation by generation: sample from a policy and a baseline, score, estimate KL, compare runs.
+"""Evaluation: preference metrics on held-out pairs; by generation: sample from a policy and a baseline,
+score, estimate KL, compare runs.
 
 * :mod:`tisdpo.evaluation.config`: the flags (:class:`GenerationArguments`);
 * :mod:`tisdpo.evaluation.prompts`: prompts and references of a held-out split;
@@ -7,7 +8,8 @@
 * :mod:`tisdpo.evaluation.rouge`: ROUGE-1/2/L F1;
 * :mod:`tisdpo.evaluation.metrics`: the ``gen/*`` metrics (win rate, bootstrap interval, KL ...);
 * :mod:`tisdpo.evaluation.report`: Markdown tables and the reward-against-KL plot;
-* :mod:`tisdpo.evaluation.run`: ``tisdpo evaluate --generate`` end to end.
+* :mod:`tisdpo.evaluation.run`: ``tisdpo evaluate --generate`` end to end;
+* :mod:`tisdpo.evaluation.preference`: the trainer's preference metrics on held-out pairs.
 """
 
 from tisdpo.evaluation.config import GenerationArguments

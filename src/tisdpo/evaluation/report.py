@@ -3,31 +3,35 @@
 ``run_markdown`` writes one run's eval_results.md; ``compare_markdown`` puts several runs side by
 side (one row per run, a column only where some run has the value); ``frontier_plot`` draws
 ``gen/reward_mean`` against ``gen/kl`` (one point per run, error bars of +-1 standard error over
-responses), the frontier plot of the DPO paper.
+responses), the frontier plot of the DPO paper. Rendering is :mod:`tisdpo.report`'s (one table
+format and one plot style for every report); this module decides which metrics go where.
 """
 
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from tisdpo.evaluation.rouge import ROUGE_KEYS
-from tisdpo.utils import atomic_path
+from tisdpo.report.page import write_text
+from tisdpo.report.plots import FrontierPoint, FrontierSeries
+from tisdpo.report.plots import frontier_plot as draw_frontier
+from tisdpo.report.tables import fmt
+from tisdpo.report.tables import markdown_table as table
 
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
-    return str(value)
+__all__ = [
+    "COLUMNS",
+    "compare_markdown",
+    "fmt",
+    "frontier_plot",
+    "interval",
+    "mean_pm",
+    "rouge_cell",
+    "run_markdown",
+    "table",
+    "write_text",
+]
 
 
 def mean_pm(metrics: dict[str, Any], mean_key: str, std_key: str) -> str | None:
@@ -51,13 +55,6 @@ def rouge_cell(metrics: dict[str, Any], prefix: str = "") -> str | None:
     if all(v is None for v in values):
         return None
     return " / ".join(fmt(v) for v in values)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
 
 
 # Columns of the comparison table: (header, function of one run's metrics -> cell or None).
@@ -143,52 +140,33 @@ def run_markdown(metrics: dict[str, Any], context: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_text(path: str, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text if text.endswith("\n") else text + "\n")
+def frontier_plot(
+    labels: Sequence[str], runs: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str | None = None
+) -> int:
+    """Reward (y) against KL (x), one labelled point per run with +-1 stderr bars; returns the points drawn.
 
-
-def frontier_plot(labels: Sequence[str], runs: Sequence[dict[str, Any]], path: str, title: str | None = None) -> int:
-    """Reward (y) against KL (x), one labelled point per run with +-1 stderr bars; points drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.8))
-    drawn = 0
-    baselines = []
-    for index, (label, metrics) in enumerate(zip(labels, runs)):
-        kl, reward = metrics.get("gen/kl"), metrics.get("gen/reward_mean")
-        if kl is None or reward is None:
-            continue
-        color = f"C{index % 10}"
-        axes.errorbar(
-            kl,
-            reward,
-            xerr=metrics.get("gen/kl_stderr") or 0.0,
-            yerr=metrics.get("gen/reward_stderr") or 0.0,
-            fmt="o",
-            color=color,
-            capsize=3,
-            label=label,
+    Runs without ``gen/kl`` or ``gen/reward_mean`` are left out; the dashed line is the mean of the
+    runs' baseline rewards, when they have one.
+    """
+    series = [
+        FrontierSeries(
+            label,
+            [
+                FrontierPoint(
+                    metrics["gen/kl"],
+                    metrics["gen/reward_mean"],
+                    metrics.get("gen/kl_stderr") or 0.0,
+                    metrics.get("gen/reward_stderr") or 0.0,
+                )
+            ],
         )
-        axes.annotate(label, (kl, reward), textcoords="offset points", xytext=(5, 5), fontsize=8, color=color)
-        drawn += 1
-        if metrics.get("gen/baseline_reward_mean") is not None:
-            baselines.append(metrics["gen/baseline_reward_mean"])
-    if baselines:
-        axes.axhline(
-            sum(baselines) / len(baselines), color="gray", linestyle=":", label="baseline reward (mean of runs)"
-        )
-    axes.set_xlabel("KL(policy ‖ reference) per response (sampled estimate)")
-    axes.set_ylabel("reward (mean over responses)")
-    axes.set_title(title or "Reward against KL (error bars: ±1 standard error)")
-    axes.grid(alpha=0.3)
-    if drawn:
-        axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)
-    return drawn
+        for label, metrics in zip(labels, runs)
+        if metrics.get("gen/kl") is not None and metrics.get("gen/reward_mean") is not None
+    ]
+    baselines = [m["gen/baseline_reward_mean"] for m in runs if m.get("gen/baseline_reward_mean") is not None]
+    return draw_frontier(
+        series,
+        path,
+        title=title or "Reward against KL (error bars: ±1 standard error)",
+        baseline_reward=sum(baselines) / len(baselines) if baselines else None,
+    )

@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 
-from tisdpo.commands.common import load_model, load_tokenizer_for, require
 from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
-from tisdpo.errors import UserError
+from tisdpo.errors import UserError, require
 from tisdpo.evaluation.config import GenerationArguments
 from tisdpo.evaluation.generation import eos_token_ids, sample_responses, sequence_logps
 from tisdpo.evaluation.metrics import add_win_values, summarize
@@ -51,7 +50,7 @@ from tisdpo.evaluation.scorers import (
     ScoringPrompt,
     load_callable,
 )
-from tisdpo.modeling import check_model_folder, load_tokenizer, looks_local
+from tisdpo.modeling import check_model_folder, load_model, load_tokenizer, load_tokenizer_for, looks_local
 from tisdpo.utils import atomic_path, write_json
 
 logger = logging.getLogger(__name__)

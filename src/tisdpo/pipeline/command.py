@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 from tisdpo.config import load_yaml_config
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Pipeline
 from tisdpo.pipeline.recipe import Recipe, StageBuilder
+from tisdpo.utils import quiet_libraries
 
 USAGE = "usage: tisdpo pipeline --config recipe.yaml [--run_dir DIR] [--dry_run]"
 
@@ -50,34 +48,11 @@ def build_pipeline(recipe: Recipe) -> Pipeline:
     return Pipeline(recipe.run_dir, StageBuilder(recipe).build())
 
 
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """Stage progress lines are the pipeline's output; keep the libraries' own chatter down (restored after)."""
-    import datasets
-    import transformers
-
-    ours = logging.getLogger("tisdpo")
-    saved = (transformers.logging.get_verbosity(), datasets.logging.get_verbosity(), ours.level)
-    progress_bars = datasets.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    ours.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(saved[0])
-        datasets.logging.set_verbosity(saved[1])
-        ours.setLevel(saved[2])
-        if progress_bars:
-            datasets.enable_progress_bars()
-
-
 def run_pipeline(pipeline: Pipeline, dry_run: bool) -> dict[str, str] | None:
     print(pipeline.describe_plan(), flush=True)
     if dry_run:
         return None
-    with quiet_libraries():
+    with quiet_libraries(logs=True):  # the stage lines are the output (all of it with --verbose)
         return pipeline.run(progress=lambda line: print(line, flush=True))
 
 

@@ -10,7 +10,6 @@ command inside can resume (training from its last checkpoint, weight scoring fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tisdpo.errors import UserError
-from tisdpo.utils import atomic_path, write_json
+from tisdpo.utils import atomic_path, digest, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +90,7 @@ class Pipeline:
                 "deps": {dep: self.fingerprint(dep) for dep in stage.deps},
                 "engine": ENGINE_VERSION,
             }
-            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-            self._fingerprints[name] = digest[:16]
+            self._fingerprints[name] = digest(payload)
         return self._fingerprints[name]
 
     def final_dir(self, name: str) -> str:

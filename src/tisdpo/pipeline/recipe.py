@@ -18,6 +18,7 @@ from typing import Any
 
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Stage, StageContext
+from tisdpo.utils import file_identity, is_verbose
 
 METHODS = ("P", "S", "D")
 DATA_FILE_EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
@@ -101,9 +102,9 @@ class Recipe:
     def check_settings(self, source: str) -> None:
         """Every flag a section gives a command must be one of that command's flags, with a valid value;
         caught here, before any stage runs, rather than when the stage's command starts."""
-        from tisdpo.commands.weights import WeightsArguments
         from tisdpo.config import LOSS_TYPES, DataArguments, ModelArguments, TisdpoConfig
         from tisdpo.evaluation.config import GenerationArguments
+        from tisdpo.weights.arguments import WeightsArguments
         from tisdpo.weights.transforms import TRANSFORM_NAMES
 
         train = [ModelArguments, DataArguments, TisdpoConfig]
@@ -186,7 +187,8 @@ def invoke(command: str, args: dict[str, Any], launcher: str | None, stage: str)
     """Run one tisdpo command in-process or through the launcher; a failure names the stage."""
     argv = [*command.split(), *to_flags(args)]
     if launcher:
-        result = subprocess.run([*shlex.split(launcher), "-m", "tisdpo", *argv], check=False)
+        verbose = ["--verbose"] if is_verbose() else []
+        result = subprocess.run([*shlex.split(launcher), "-m", "tisdpo", *argv, *verbose], check=False)
         code = result.returncode
     else:
         from tisdpo.cli import run_command
@@ -198,14 +200,6 @@ def invoke(command: str, args: dict[str, Any], launcher: str | None, stage: str)
         return
     if code != 0:
         raise UserError(f"stage '{stage}' failed: `tisdpo {' '.join(shlex.quote(a) for a in argv)}` exited with {code}")
-
-
-def file_identity(path: str) -> Any:
-    """What a fingerprint should know of an external input: size and time for local files."""
-    if os.path.isfile(path):
-        stat = os.stat(path)
-        return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return path
 
 
 @dataclass

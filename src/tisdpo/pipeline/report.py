@@ -1,13 +1,13 @@
-"""The pipeline's last stage: results.json, report.html, a reward-vs-KL frontier and token heatmaps.
+"""The pipeline's last stage: results.json, results.md, report.html, a reward-vs-KL frontier and token heatmaps.
 
 Every number comes from the evaluation folders of this run. Objectives are compared twice: at the
 end of training, and at a matched KL to the SFT model (reward interpolated along each run's
-checkpoints), because a single (step, reward) point can favour either method.
+checkpoints), because a single (step, reward) point can favour either method. This module decides
+what is compared; the tables, plots, heatmaps and page are drawn by :mod:`tisdpo.report`.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from tisdpo.pipeline.engine import StageContext
-from tisdpo.utils import atomic_path, write_json
+from tisdpo.report.examples import weights_file_examples
+from tisdpo.report.heatmap import render_html, render_png
+from tisdpo.report.page import figure_html, html_page, write_text
+from tisdpo.report.plots import FrontierPoint, FrontierSeries, frontier_plot
+from tisdpo.report.tables import Table, fmt_stat
+from tisdpo.utils import write_json
 
 STAGE_NAME = re.compile(r"^eval_(?P<objective>.+)_s(?P<seed>\d+)$")
 
@@ -93,116 +98,81 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
     return {"objectives": objectives, "matched_kl": matched_kl, "reward_name": reward_name}
 
 
+def frontier_series(summary: dict[str, Any]) -> list[FrontierSeries]:
+    """One series per (objective, seed): its checkpoints' (KL, reward), then the final model's."""
+    return [
+        FrontierSeries(
+            f"{objective} seed {seed}",
+            [FrontierPoint(p["gen/kl"], p["gen/reward_mean"]) for p in curve],
+            group=objective,
+        )
+        for objective, values in summary["objectives"].items()
+        for seed, curve in values["seeds"].items()
+    ]
+
+
 def frontier_png(summary: dict[str, Any], path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    reward_name = summary["reward_name"]
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    colors = {}
-    for index, (objective, values) in enumerate(summary["objectives"].items()):
-        color = colors.setdefault(objective, f"C{index % 10}")
-        for seed, curve in values["seeds"].items():
-            kls = [p["gen/kl"] for p in curve]
-            rewards = [p["gen/reward_mean"] for p in curve]
-            axes.plot(
-                kls,
-                rewards,
-                "-o",
-                color=color,
-                alpha=0.6,
-                markersize=3,
-                label=objective if seed == next(iter(values["seeds"])) else None,
-            )
-    if math.isfinite(summary["matched_kl"]):
-        axes.axvline(summary["matched_kl"], color="grey", linestyle=":", linewidth=1)
-    axes.set_xlabel("KL(policy || SFT), nats per response (sampled)")
-    axes.set_ylabel(reward_name)
-    axes.set_title("reward against KL: checkpoints of every run (dotted: the matched KL)")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-
-
-def _fmt(stat: dict[str, float], digits: int = 2) -> str:
-    if not stat or not math.isfinite(stat.get("mean", float("nan"))):
-        return "-"
-    return (
-        f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-        if stat.get("n", 1) > 1
-        else f"{stat['mean']:.{digits}f}"
+    """Every run's checkpoints on the reward-against-KL plane, with the matched KL marked."""
+    frontier_plot(
+        frontier_series(summary),
+        path,
+        reward_label=summary["reward_name"],
+        kl_label="KL(policy ‖ SFT), nats per response (sampled estimate)",
+        title="Reward against KL: checkpoints of every run (dotted: the matched KL)",
+        matched_kl=summary["matched_kl"],
     )
 
 
-def markdown_tables(results: dict[str, Any]) -> str:
+def report_tables(results: dict[str, Any]) -> list[Table]:
+    """The objectives' table, and the token-AUC table of the weight methods when there is one."""
     summary, reward = results["summary"], results["summary"]["reward_name"]
-    lines = [
-        f"| model | {reward} | win rate vs SFT | KL vs SFT | {reward} at KL {summary['matched_kl']:.2f} | length |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "model",
+        reward,
+        "win rate vs SFT",
+        "KL vs SFT",
+        f"{reward} at KL {summary['matched_kl']:.2f}",
+        "length",
     ]
-    for objective, values in summary["objectives"].items():
-        lines.append(
-            f"| {objective} | {_fmt(values[reward])} | {_fmt(values['win_rate_vs_sft'])} | {_fmt(values['kl_vs_sft'])} "
-            f"| {_fmt(values.get(f'{reward}_at_matched_kl', {}))} | {_fmt(values['length'], 1)} |"
-        )
-    if results.get("weight_auc"):
-        lines += [
-            "",
-            "| weights from | token AUC (all) | context-dependent | context-free | tokens |",
-            "|---|---|---|---|---|",
+    rows = [
+        [
+            objective,
+            fmt_stat(values[reward]),
+            fmt_stat(values["win_rate_vs_sft"]),
+            fmt_stat(values["kl_vs_sft"]),
+            fmt_stat(values.get(f"{reward}_at_matched_kl", {})),
+            fmt_stat(values["length"], 1),
         ]
-        for method, auc in results["weight_auc"].items():
-            lines.append(
-                f"| {method} | {auc['all']:.3f} | {auc['context_dependent']:.3f} | {auc['context_free']:.3f} | {auc['tokens']} |"
-            )
-    return "\n".join(lines)
+        for objective, values in summary["objectives"].items()
+    ]
+    tables = [Table(header, rows)]
+    if results.get("weight_auc"):
+        auc_header = ["weights from", "token AUC (all)", "context-dependent", "context-free", "tokens"]
+        auc_rows = [
+            [
+                method,
+                f"{auc['all']:.3f}",
+                f"{auc['context_dependent']:.3f}",
+                f"{auc['context_free']:.3f}",
+                str(auc["tokens"]),
+            ]
+            for method, auc in results["weight_auc"].items()
+        ]
+        tables.append(Table(auc_header, auc_rows))
+    return tables
 
 
-def _embed(path: str) -> str:
-    with open(path, "rb") as handle:
-        return "data:image/png;base64," + base64.b64encode(handle.read()).decode()
-
-
-def _markdown_to_html(table: str) -> str:
-    out, rows = [], [line for line in table.splitlines()]
-    in_table = False
-    for line in rows:
-        if not line.startswith("|"):
-            if in_table:
-                out.append("</table>")
-                in_table = False
-            continue
-        cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-        if set("".join(cells)) <= {"-"}:
-            continue
-        if not in_table:
-            out.append("<table>")
-            in_table = True
-            out.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
-        else:
-            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)
+def markdown_tables(results: dict[str, Any]) -> str:
+    """results.md: the report's tables in Markdown."""
+    return "\n\n".join(table.markdown() for table in report_tables(results))
 
 
 def write_report(out_dir: str, results: dict[str, Any], images: dict[str, str], notes: str) -> None:
-    style = "body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>tisdpo report</title><style>{style}</style></head><body>",
-        "<h1>TIS-DPO pipeline report</h1>",
-    ]
-    if notes:
-        parts.append(f"<p>{html.escape(notes)}</p>")
-    parts.append(_markdown_to_html(markdown_tables(results)))
-    for title, path in images.items():
-        parts.append(f"<h2>{html.escape(title)}</h2><img style='max-width:100%' src='{_embed(path)}'>")
-    parts.append("</body></html>")
-    with atomic_path(os.path.join(out_dir, "report.html")) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts))
+    """report.html: the notes, the tables and every image, in one self-contained page."""
+    body = [f"<p>{html.escape(notes)}</p>"] if notes else []
+    body += [table.html() for table in report_tables(results)]
+    body += [figure_html(title, path) for title, path in images.items()]
+    write_text(os.path.join(out_dir, "report.html"), html_page("tisdpo report", body, "TIS-DPO pipeline report"))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -215,8 +185,6 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
     reward_name = (recipe.evaluate or {}).get("reward_name", "reward")
 
     def action(ctx: StageContext) -> None:
-        from tisdpo.report.heatmap import render_html, render_png
-
         summary = summarize({name: ctx.inputs[name] for name in eval_stages}, reward_name)
         results: dict[str, Any] = {"summary": summary, "weight_auc": {}}
         images = {"Reward against KL to the SFT model": os.path.join(ctx.work_dir, "frontier.png")}
@@ -229,7 +197,7 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
                 from tisdpo.demo.metrics import weight_auc
 
                 results["weight_auc"][method] = weight_auc(rows)
-            examples = heatmap_examples(rows[:30], os.path.join(ctx.inputs[stage], "weights.jsonl"))
+            examples = weights_file_examples(rows[:30], os.path.join(ctx.inputs[stage], "weights.jsonl"))
             if examples:
                 render_html(examples, os.path.join(ctx.work_dir, f"heatmap_{method}.html"))
                 png = os.path.join(ctx.work_dir, f"heatmap_{method}.png")
@@ -239,25 +207,10 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
             name: {k: v for k, v in values.items() if k != "seeds"} for name, values in summary["objectives"].items()
         }
         write_json(os.path.join(ctx.work_dir, "results.json"), {**results, "table": flat})
-        with atomic_path(os.path.join(ctx.work_dir, "results.md")) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(markdown_tables(results) + "\n")
+        write_text(os.path.join(ctx.work_dir, "results.md"), markdown_tables(results))
         write_report(ctx.work_dir, results, images, recipe.notes)
 
     config = {"evals": eval_stages, "weights": weight_stages, "reward_name": reward_name, "version": 1}
     builder.add(
         "report", action, config, eval_stages + weight_stages, "results.json, report.html, frontier and heatmaps"
     )
-
-
-def heatmap_examples(rows: list[dict[str, Any]], weights_file: str) -> list[Any]:
-    """Heatmap examples of a weights file, decoded with the tokenizer named in its provenance."""
-    from tisdpo.commands.visualize import heatmap_examples as build
-    from tisdpo.data.formats import RawRecords
-    from tisdpo.modeling import load_tokenizer
-    from tisdpo.weights.io import read_meta
-
-    meta = read_meta(weights_file) or {}
-    if not rows or not meta.get("tokenizer"):
-        return []
-    records = RawRecords(rows, weights_file, [f"line {i + 1}" for i in range(len(rows))])
-    return build(records, load_tokenizer(meta["tokenizer"]), "weights")

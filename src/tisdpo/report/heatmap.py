@@ -5,6 +5,9 @@
 * :func:`render_png` draws a few examples with matplotlib, for reports and papers.
 * :func:`summary_statistics` / :func:`render_histogram_png` summarise the values over all examples.
 
+Building examples from a weights file (decoding token ids, checking the rows) is
+:mod:`tisdpo.report.examples`.
+
 Colours use one diverging scale for the whole page: white at ``center`` (1.0 for weights, i.e. the
 DPO weight; 0.0 otherwise), red above, blue below, symmetric up to the largest deviation.
 """
@@ -14,14 +17,15 @@ from __future__ import annotations
 import html
 import math
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from tisdpo.utils import atomic_path
+from tisdpo.report.page import write_text
+from tisdpo.report.plots import DPI as _DPI
+from tisdpo.report.plots import new_figure, save_png, styled
 
 SIDES: tuple[str, str] = ("chosen", "rejected")
 _LOW_RGB = (33, 102, 172)  # blue, below center
@@ -138,15 +142,6 @@ def _format(value: float) -> str:
     return f"{value:.4g}"
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` on a temp file next to ``path``, then rename it into place."""
-    with atomic_path(os.fspath(path)) as temp:
-        write(temp)
-
-
 # ----------------------------------------------------------------------------- HTML
 
 _CSS = """
@@ -232,13 +227,7 @@ def render_html(
     page_title: str = "TIS-DPO token heatmap",
 ) -> None:
     """Write one self-contained HTML page with a token heatmap per example (atomically)."""
-    page = _html_page(examples, value_label, _default_center(value_label, center), page_title)
-
-    def write(temp: str) -> None:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(page)
-
-    _atomic_write(path, write)
+    write_text(path, _html_page(examples, value_label, _default_center(value_label, center), page_title))
 
 
 # ----------------------------------------------------------------------------- PNG
@@ -248,7 +237,6 @@ _AXES_WIDTH_IN = 9.0  # nominal width of a line; the real one is measured (_mono
 _FONT_SIZE = _AXES_WIDTH_IN * 72 / (0.602 * _LINE_CHARS)  # DejaVu Sans Mono: 0.602 em per char
 _ROW_IN = _FONT_SIZE * 1.6 / 72
 _MAX_LINES_PER_RESPONSE = 8
-_DPI = 120
 
 
 def _colormap() -> Any:
@@ -303,19 +291,6 @@ def _one_line(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def _save_figure(figure: Any, path: str | os.PathLike[str]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-
-    def write(temp: str) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Glyph .* missing from")
-            figure.savefig(temp, format="png", dpi=_DPI)
-
-    _atomic_write(path, write)
-
-
 def render_png(
     examples: Sequence[HeatmapExample],
     path: str | os.PathLike[str],
@@ -326,7 +301,6 @@ def render_png(
     """Draw up to ``max_examples`` examples as wrapped, coloured token boxes (PNG, atomically)."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     shown = list(examples)[: max(0, max_examples)]
@@ -360,7 +334,7 @@ def render_png(
     n_rows = max(len(rows), 10)
     height = margin_top + margin_bottom + n_rows * _ROW_IN
     width = left_in + axes_width_in + right_in
-    figure = Figure(figsize=(width, height), dpi=_DPI)
+    figure = new_figure(width, height)
     ax = figure.add_axes(
         (
             left_in / width,
@@ -415,7 +389,7 @@ def render_png(
     mappable = ScalarMappable(norm=norm, cmap=cmap)
     colorbar = figure.colorbar(mappable, cax=cax)
     colorbar.set_label(value_label)
-    _save_figure(figure, path)
+    save_png(figure, path)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -490,8 +464,6 @@ def render_histogram_png(
     value_label: str = "weight",
 ) -> None:
     """Histogram of the values of each side (shared bins), side by side (PNG, atomically)."""
-    from matplotlib.figure import Figure
-
     per_side = {
         side: np.asarray(
             [v for example in examples for v in example.side(side)[1] if math.isfinite(v)],
@@ -508,18 +480,19 @@ def render_histogram_png(
     else:
         bins = np.linspace(0.0, 1.0, _HIST_BINS + 1)
 
-    figure = Figure(figsize=(9, 3.5), dpi=_DPI, layout="constrained")
-    axes = figure.subplots(1, 2, sharex=True)
-    colors = {"chosen": _hex(_HIGH_RGB), "rejected": _hex(_LOW_RGB)}
-    for ax, side in zip(axes, SIDES):
-        values = per_side[side]
-        ax.hist(values, bins=bins, color=colors[side], edgecolor="white")
-        if values.size:
-            ax.axvline(values.mean(), color="#222222", linestyle="--", linewidth=1)
-            subtitle = f"n={values.size}, mean={_format(values.mean())}"
-        else:
-            subtitle = "no values"
-        ax.set_title(f"{side} ({subtitle})", fontsize=10)
-        ax.set_xlabel(value_label)
-        ax.set_ylabel("tokens")
-    _save_figure(figure, path)
+    with styled():
+        figure = new_figure(9, 3.5, layout="constrained")
+        axes = figure.subplots(1, 2, sharex=True)
+        colors = {"chosen": _hex(_HIGH_RGB), "rejected": _hex(_LOW_RGB)}
+        for ax, side in zip(axes, SIDES):
+            values = per_side[side]
+            ax.hist(values, bins=bins, color=colors[side], edgecolor="white")
+            if values.size:
+                ax.axvline(values.mean(), color="#222222", linestyle="--", linewidth=1)
+                subtitle = f"n={values.size}, mean={_format(values.mean())}"
+            else:
+                subtitle = "no values"
+            ax.set_title(f"{side} ({subtitle})")
+            ax.set_xlabel(value_label)
+            ax.set_ylabel("tokens")
+        save_png(figure, path)

@@ -1,8 +1,8 @@
 """Turn per-token rewards into per-token weights.
 
-A token reward is ``r_t = log pi+(y_t | ...) - log pi-(y_t | ...)`` (PAPER.md section 3). On the
-chosen (winning) side a high reward marks an important token; on the rejected (losing) side a *low*
-reward does. Every transform therefore works on the signed score
+A token reward is ``r_t = log pi+(y_t | ...) - log pi-(y_t | ...)`` (docs/method.md, section "Token
+rewards and weights"). On the chosen (winning) side a high reward marks an important token; on the
+rejected (losing) side a *low* reward does. Every transform therefore works on the signed score
 
     s_t = r_t   (chosen side)        s_t = -r_t   (rejected side)
 
