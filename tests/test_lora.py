@@ -139,6 +139,7 @@ def test_lora_trains_only_the_adapter_with_no_second_model(
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= files
     assert "model.safetensors" not in files
+    assert "AutoPeftModelForCausalLM" in (out / "README.md").read_text()  # the model card loads it as an adapter
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all("lora_A" in name or "lora_B" in name for name in adapter)
     assert all(adapter[name].abs().max() > 0 for name in adapter if "lora_B" in name)  # B starts at 0

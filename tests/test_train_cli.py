@@ -161,6 +161,10 @@ def test_tisdpo_with_unit_weights_trains_exactly_like_dpo(tiny_model_dir, toy_da
         assert torch.equal(dpo[name], tis[name]), name
     metrics = json.loads((tmp_path / "tis" / "trainer_state.json").read_text())["log_history"]
     assert any("weighted_rewards/margins" in entry for entry in metrics)
+    # each saved model explains itself: a model card with the objective (and, for TIS-DPO, the weights)
+    dpo_card, tis_card = ((tmp_path / name / "README.md").read_text() for name in ("dpo", "tis"))
+    assert "library_name: tisdpo" in dpo_card and "`dpo`" in dpo_card and "## Token weights" not in dpo_card
+    assert "`tisdpo`" in tis_card and "## Token weights" in tis_card and "| steps | `6` |" in tis_card
 
 
 def test_tisdpo_without_weights_is_a_clear_error(tiny_model_dir, toy_data_files, tmp_path, capsys):

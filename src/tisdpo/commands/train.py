@@ -14,8 +14,10 @@ from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.errors import require
 from tisdpo.modeling import distributed_state, load_model, load_tokenizer_for, wrap_with_lora
 from tisdpo.reference import precompute_reference
+from tisdpo.report.model_card import ModelCardInfo, write_model_card
 from tisdpo.trainer import PreferenceTrainer
 from tisdpo.utils import write_json
+from tisdpo.weights.io import read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -98,5 +100,15 @@ def run(argv: list[str]) -> dict[str, float]:
         metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
         write_json(os.path.join(config.output_dir, "all_results.json"), metrics)
+        card = ModelCardInfo.from_training(
+            config,
+            model_name,
+            dataset_name,
+            trainer.state.log_history,
+            weights_meta=read_meta(dataset_name) if config.needs_weights else None,
+            num_pairs=len(train_dataset),
+            is_adapter=model_args.use_peft,
+        )
+        write_model_card(config.output_dir, card)
         trainer.save_state()
     return metrics
