@@ -48,8 +48,8 @@ def _rewards(pos: list[list[float]], neg: list[list[float]]) -> list[list[float]
 # -- (a) ours ----------------------------------------------------------------------------------
 def run_ours(config: dict[str, Any], rows: list[dict[str, Any]], chunk_size: int | None = None) -> dict[str, Any]:
     setup_worker(config["threads"])
+    from tisdpo.config import WeightsArguments
     from tisdpo.data.tokenize import PairTokenizer
-    from tisdpo.weights.arguments import WeightsArguments
     from tisdpo.weights.estimate import Contrast, score_part
 
     tokenizer = load_tokenizer(config["model_dirs"][0])
@@ -231,7 +231,7 @@ def main() -> None:
     assets = prepare_assets(data, args.cache_dir)
     tokenizer = load_tokenizer(assets.model_dirs[0])
     rows, pairs = tokenizable_rows(data, tokenizer, args.pairs, args.max_length, args.max_prompt_length)
-    from tisdpo.weights.arguments import WeightsArguments
+    from tisdpo.config import WeightsArguments
 
     config = {
         "model_dirs": assets.model_dirs,

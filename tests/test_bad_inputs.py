@@ -772,7 +772,7 @@ def test_unknown_values_and_settings_in_a_pipeline_recipe(tiny_model_dir, tmp_pa
     data = str(write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(4)))
     path = recipe(tmp_path, tiny_model_dir, data, objectives={"dpo": {"loss_type": "dpoo"}})
     assert expect_failure(PIPELINE, ["pipeline", "--config", path], tmp_path, capsys) == (
-        f"{path} field 'objectives.dpo': unknown loss_type 'dpoo' (did you mean 'dpo'?); choose one of {LOSSES}"
+        f"{path} field 'objectives.dpo.loss_type': unknown value 'dpoo' (did you mean 'dpo'?); choose one of {LOSSES}"
     )
     path = recipe(tmp_path, tiny_model_dir, data, train_defaults={"lerning_rate": 0.1})
     assert expect_failure(PIPELINE, ["pipeline", "--config", path], tmp_path, capsys) == (
@@ -781,13 +781,74 @@ def test_unknown_values_and_settings_in_a_pipeline_recipe(tiny_model_dir, tmp_pa
     path = recipe(tmp_path, tiny_model_dir, data, weights={"weight_transform": "rank_base"})
     message = expect_failure(PIPELINE, ["pipeline", "--config", path], tmp_path, capsys)
     assert message.startswith(
-        f"{path} field 'weights': unknown weight_transform 'rank_base' (did you mean 'rank_based'?)"
+        f"{path} field 'weights.weight_transform': unknown value 'rank_base' (did you mean 'rank_based'?)"
     )
-    assert expect_failure(PIPELINE, ["pipeline", "--config", path, "--dry-run"], tmp_path, capsys) == (
-        "unknown argument '--dry-run' (did you mean '--dry_run'?) "
-        "(usage: tisdpo pipeline --config recipe.yaml [--run_dir DIR] [--dry_run])"
+    assert expect_failure(PIPELINE, ["pipeline", "--config", path, "--dryrun"], tmp_path, capsys) == (
+        "unknown flag '--dryrun' (did you mean 'dry_run'?)"
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "field", "expected"),
+    [
+        ("train_defaults", {"learning_rate": "fast"}, "learning_rate", "expected a number, got 'fast'"),
+        (
+            "objectives",
+            {"dpo": {"loss_type": "dpo", "args": {"learning_rate": "fast"}}},
+            "learning_rate",
+            "expected a number, got 'fast'",
+        ),
+        ("train_defaults", {"max_steps": "many"}, "max_steps", "expected an integer, got 'many'"),
+        ("data_args", {"reverse_pairs": "maybe"}, "reverse_pairs", "expected true or false, got 'maybe'"),
+        ("train_defaults", {"disable_dropout": "maybe"}, "disable_dropout", "expected true or false, got 'maybe'"),
+        ("model_args", {"lora_r": 1.5}, "lora_r", "expected an integer, got 1.5"),
+        ("evaluate", {"args": {"top_k": "some"}}, "top_k", "expected an integer, got 'some'"),
+        ("weights", {"weight_mu": "high"}, "weight_mu", "expected a number, got 'high'"),
+    ],
+)
+def test_recipe_values_are_checked_like_flags_before_any_stage_runs(
+    section, values, field, expected, tiny_model_dir, tmp_path, capsys
+):
+    """A recipe's settings are checked by the code that checks flags and --config files, when the recipe
+    loads: a bad value is one line naming the recipe, the section and the setting, and no stage runs."""
+    data = str(write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(4)))
+    path = recipe(tmp_path, tiny_model_dir, data, **{section: values})
+    where = {
+        "objectives": "objectives.dpo.args",
+        "evaluate": "evaluate.args",
+    }.get(section, section)
+    message = expect_failure(PIPELINE, ["pipeline", "--config", path], tmp_path, capsys)
+    assert message == f"{path} field '{where}.{field}': {expected}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_values_are_checked_like_a_config_file(tmp_path):
+    """One validator: the same mistake in a --config file of flags and in a recipe's section reads the same."""
+    from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, check_values
+
+    train = [ModelArguments, DataArguments, TisdpoConfig]
+    assert check_values({"learning_rate": "1e-4", "bf16": "true", "max_steps": 3}, train, "r.yaml", "x") == {
+        "learning_rate": 1e-4,
+        "bf16": True,
+        "max_steps": 3,
+    }
+    for values, expected in (
+        ({"learning_rate": "fast"}, "r.yaml field 'x.learning_rate': expected a number, got 'fast'"),
+        ({"bf16": "maybe"}, "r.yaml field 'x.bf16': expected true or false, got 'maybe'"),
+        (
+            {"loss_type": "dpoo"},
+            f"r.yaml field 'x.loss_type': unknown value 'dpoo' (did you mean 'dpo'?); choose one of {LOSSES}",
+        ),
+        ({"lerning_rate": 1}, "r.yaml field 'x': unknown setting 'lerning_rate' (did you mean 'learning_rate'?)"),
+        (["learning_rate"], "r.yaml field 'x': expected a mapping of flag names to values, got list"),
+    ):
+        with pytest.raises(UserError) as caught:
+            check_values(values, train, "r.yaml", "x")
+        assert caught.value.format() == expected
+    with pytest.raises(UserError) as caught:
+        check_values({"learning_rate": "fast"}, train, "c.yaml")
+    assert caught.value.format() == "c.yaml field 'learning_rate': expected a number, got 'fast'"
 
 
 def test_unknown_choices_of_other_commands(tiny_model_dir, weights_file, tmp_path, capsys):

@@ -518,8 +518,7 @@ def test_losses_are_fp32_under_bf16(flags, tiny_model_dir, toy_data_files, tmp_p
 def test_safe_defaults():
     import dataclasses
 
-    from tisdpo.commands.visualize import VisualizeArguments
-    from tisdpo.config import ModelArguments
+    from tisdpo.config import ModelArguments, VisualizeArguments
 
     for kind in (ModelArguments, VisualizeArguments):
         assert {f.name: f.default for f in dataclasses.fields(kind)}["trust_remote_code"] is False

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tisdpo import __version__
@@ -29,34 +29,9 @@ from tisdpo.scoring import score_sequences
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 
 if TYPE_CHECKING:
-    from tisdpo.config import DataArguments, ModelArguments
+    from tisdpo.config import DataArguments, DlmaArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DlmaArguments:
-    output_file: str | None = field(
-        default=None, metadata={"help": "Where the generated pairs go (.jsonl or .parquet)."}
-    )
-    positive_prompt: str = field(
-        default="dlma_harmless", metadata={"help": "Preset name or text (template with {prompt}, or a system text)."}
-    )
-    negative_prompt: str = field(
-        default="dlma_harmful", metadata={"help": "Preset name or text for the negative side."}
-    )
-    max_new_tokens: int = field(default=128, metadata={"help": "Longest sampled response."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences per scoring forward."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N distinct prompts."})
-    prompt_column: str | None = field(
-        default=None, metadata={"help": "Column holding the prompt (default: prompt / post / the pair's prompt)."}
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Sampling seed (each process and side gets its own, derived from it)."}
-    )
 
 
 def as_response(text: str, chat: bool) -> str | list[dict[str, str]]:

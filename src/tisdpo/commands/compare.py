@@ -11,33 +11,17 @@ Labels default to the shortest trailing part of each run's path that tells the r
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from typing import Any
 
+from tisdpo.config import CompareArguments, parse_config
 from tisdpo.errors import UserError
 from tisdpo.evaluation.report import compare_markdown, frontier_plot, write_text
 
 logger = logging.getLogger(__name__)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (usage: {self.format_usage().strip().removeprefix('usage: ')})")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="tisdpo compare",
-        description="Several evaluation outputs side by side: one Markdown table and one reward-vs-KL plot.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="evaluation output folders (or eval_results.json files)")
-    p.add_argument("--output_dir", default=None, help="write compare.md and frontier.png here")
-    p.add_argument("--labels", default=None, help="comma-separated names of the runs, in order")
-    p.add_argument("--title", default=None, help="title of the plot")
-    return p
+DESCRIPTION = "Several evaluation outputs side by side: one Markdown table and one reward-vs-KL plot."
 
 
 def results_path(run: str) -> str:
@@ -78,7 +62,13 @@ def default_labels(runs: list[str]) -> list[str]:
 
 
 def run(argv: list[str]) -> dict[str, dict[str, Any]]:
-    args = parser().parse_args(argv)
+    (args,) = parse_config(
+        [CompareArguments],
+        argv,
+        prog="tisdpo compare",
+        positional="runs",
+        description=DESCRIPTION,
+    )
     if args.output_dir and os.path.isfile(args.output_dir):
         raise UserError("is a file; --output_dir must be a folder", source=args.output_dir, field="output_dir")
     runs = [read_results(r) for r in args.runs]

@@ -1,6 +1,6 @@
 """``tisdpo dlma generate``: preference pairs without human labels (DLMA); see :mod:`tisdpo.dlma`.
 
-This module checks the flags (:class:`tisdpo.dlma.DlmaArguments` with the model and data flags), runs
+This module checks the flags (:class:`tisdpo.config.DlmaArguments` with the model and data flags), runs
 :func:`tisdpo.dlma.generate_dlma_pairs` and writes the pairs with their provenance.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from tisdpo.config import DataArguments, ModelArguments, parse_config
-from tisdpo.dlma import DlmaArguments, generate_dlma_pairs
+from tisdpo.config import DataArguments, DlmaArguments, ModelArguments, parse_config
+from tisdpo.dlma import generate_dlma_pairs
 from tisdpo.errors import UserError, require
 from tisdpo.weights.io import check_output_extension, write_meta, write_rows
 

@@ -16,8 +16,7 @@ from typing import Any
 
 from transformers import set_seed
 
-from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
-from tisdpo.evaluation.config import GenerationArguments
+from tisdpo.config import DataArguments, GenerationArguments, ModelArguments, TisdpoConfig, parse_config
 from tisdpo.evaluation.preference import preference_metrics
 from tisdpo.utils import write_json
 

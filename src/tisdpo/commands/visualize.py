@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from tisdpo.config import parse_config
+from tisdpo.config import VisualizeArguments, parse_config
 from tisdpo.data.formats import read_records
 from tisdpo.errors import UserError
 from tisdpo.report.examples import heatmap_examples, weights_tokenizer
@@ -20,23 +19,6 @@ from tisdpo.utils import write_json
 from tisdpo.weights.io import read_meta
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class VisualizeArguments:
-    weights_file: str | None = field(default=None, metadata={"help": "A file written by `tisdpo weights`."})
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where heatmap.html, heatmap.png, histogram.png and summary.json go."}
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer to decode tokens (default: the one named in the file's provenance)."}
-    )
-    value: Literal["weights", "rewards"] = field(
-        default="weights", metadata={"help": "Colour tokens by their weight or by their raw reward r_t."}
-    )
-    max_examples: int = field(default=50, metadata={"help": "Examples on the HTML page."})
-    png_examples: int = field(default=4, metadata={"help": "Examples in the PNG figure."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow tokenizer code from the hub."})
 
 
 def run(argv: list[str]) -> dict[str, Any]:

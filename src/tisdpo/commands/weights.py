@@ -1,6 +1,6 @@
 """``tisdpo weights``: token rewards from a contrastive pair, turned into TIS-DPO weights.
 
-The flags are :class:`tisdpo.weights.arguments.WeightsArguments` (with the model and data flags); the
+The flags are :class:`tisdpo.config.WeightsArguments` (with the model and data flags); the
 work is :func:`tisdpo.weights.estimate.estimate_weights` (or, with ``--from_rewards``,
 :func:`tisdpo.weights.estimate.rederive_weights`). This module checks the flags and writes the file.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 
-from tisdpo.config import DataArguments, ModelArguments, parse_config
+from tisdpo.config import DataArguments, ModelArguments, WeightsArguments, parse_config, transform_config
 from tisdpo.errors import UserError
-from tisdpo.weights.arguments import WeightsArguments, transform_config
 from tisdpo.weights.estimate import estimate_weights, parts_dir, rederive_weights
 from tisdpo.weights.io import check_output_extension, remove_meta, write_meta, write_rows
 

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tisdpo.config import RealTourArguments, parse_config
 from tisdpo.errors import UserError
 from tisdpo.pipeline.engine import Pipeline, Stage, StageContext
 from tisdpo.pipeline.recipe import invoke
 from tisdpo.utils import file_identity, write_json
 
 HH_FILE_NAME = "hh-rlhf-harmless-base-test.jsonl.gz"
-USAGE = "usage: tisdpo demo --real [--output_dir OUT] [--dataset_name HH_FILE] [--dry_run]"
 POSITIVE_PROMPT, NEGATIVE_PROMPT = "harmless", "harmful"
 
 
@@ -298,41 +298,33 @@ def quiet() -> Iterator[None]:
             ours.setLevel(level)
 
 
-def parse_argv(argv: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"output_dir": "real_demo_out", "dataset_name": None, "dry_run": False}
-    iterator = iter(argv)
-    for arg in iterator:
-        key, _, inline = arg.partition("=")
-        if key == "--dry_run":
-            options["dry_run"] = True
-        elif key in ("--output_dir", "--dataset_name"):
-            options[key[2:]] = inline or next(iterator, None)
-            if not options[key[2:]]:
-                raise UserError(f"{key} needs a value\n{USAGE}")
-        elif key in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        else:
-            raise UserError(f"unknown argument '{arg}'\n{USAGE}")
-    return options
+def parse_argv(argv: list[str]) -> RealTourArguments:
+    (args,) = parse_config(
+        [RealTourArguments],
+        argv,
+        prog="tisdpo demo --real",
+        config_flag=False,
+        description="The method on a real pretrained model (SmolLM2-135M-Instruct) and real HH dialogues, on a CPU.",
+    )
+    return args
 
 
 def run(argv: list[str]) -> dict[str, Any] | None:
     from tisdpo.demo.real import real_model_dir
     from tisdpo.demo.real_report import REPORT_FILES, copy_report
 
-    options = parse_argv(argv)
-    dataset = os.path.abspath(options["dataset_name"] or default_dataset())
+    args = parse_argv(argv)
+    dataset = os.path.abspath(args.dataset_name or default_dataset())
     check_dataset(dataset)
     print("real model: SmolLM2-135M-Instruct (materialised from its GGUF file the first time: about 30 s)", flush=True)
-    pipeline = Pipeline(options["output_dir"], tour_stages(dataset, real_model_dir(), TourSettings()))
+    pipeline = Pipeline(args.output_dir, tour_stages(dataset, real_model_dir(), TourSettings()))
     print(pipeline.describe_plan(), flush=True)
-    if options["dry_run"]:
+    if args.dry_run:
         return None
     with quiet():
         folders = pipeline.run(progress=lambda line: print(line, flush=True))
-    results = copy_report(folders["report"], options["output_dir"], REPORT_FILES)
-    with open(os.path.join(options["output_dir"], "results.md"), encoding="utf-8") as handle:
+    results = copy_report(folders["report"], args.output_dir, REPORT_FILES)
+    with open(os.path.join(args.output_dir, "results.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
-    print(f"report: {os.path.join(options['output_dir'], 'report.html')}")
+    print(f"report: {os.path.join(args.output_dir, 'report.html')}")
     return results

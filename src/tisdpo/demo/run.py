@@ -10,15 +10,15 @@ import shutil
 from importlib import resources
 from typing import Any
 
-from tisdpo.config import load_yaml_config
-from tisdpo.errors import UserError
+from tisdpo.config import DemoArguments, load_yaml_config, parse_config
 from tisdpo.pipeline.command import build_pipeline, run_pipeline
 from tisdpo.pipeline.recipe import Recipe
 
-USAGE = (
-    "usage: tisdpo demo [--quick] [--output_dir OUT] [--dry_run]\n"
-    "       tisdpo demo --real [--output_dir OUT] [--dataset_name HH_FILE] [--dry_run]"
+DESCRIPTION = (
+    "The whole method on the embedded ground-truth task (a tiny model, known token rewards); "
+    "--real: the tour on a real pretrained model and real HH dialogues."
 )
+TRUE = ("true", "yes", "t", "y", "1")
 REPORT_FILES = (
     "results.json",
     "results.md",
@@ -52,45 +52,36 @@ def demo_recipe(quick: bool, output_dir: str) -> Recipe:
     return Recipe.from_dict(values, recipe_path())
 
 
-def parse_argv(argv: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"quick": False, "output_dir": "demo_out", "dry_run": False}
-    iterator = iter(argv)
-    for arg in iterator:
-        key, _, inline = arg.partition("=")
-        if key in ("--quick", "--dry_run"):
-            options[key[2:]] = True
-        elif key == "--output_dir":
-            options["output_dir"] = inline or next(iterator, None)
-            if not options["output_dir"]:
-                raise UserError(f"--output_dir needs a folder\n{USAGE}")
-        elif key in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        else:
-            raise UserError(f"unknown argument '{arg}'\n{USAGE}")
-    return options
+def parse_argv(argv: list[str]) -> DemoArguments:
+    (args,) = parse_config([DemoArguments], argv, prog="tisdpo demo", config_flag=False, description=DESCRIPTION)
+    return args
+
+
+def is_real(argv: list[str]) -> bool:
+    """``--real`` (or ``--real=true``) anywhere: the real-model tour, which has flags of its own."""
+    return any(arg == "--real" or (arg.startswith("--real=") and arg.split("=", 1)[1].lower() in TRUE) for arg in argv)
 
 
 def run(argv: list[str]) -> None:
-    if "--real" in argv:
+    if is_real(argv):
         from tisdpo.demo.real_tour import run as run_real
 
-        run_real([arg for arg in argv if arg != "--real"])
+        run_real([arg for arg in argv if arg != "--real" and not arg.startswith("--real=")])
         return
-    options = parse_argv(argv)
+    args = parse_argv(argv)
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
 
         # A 64-wide model is latency-bound: extra threads only spin against each other.
         torch.set_num_threads(1)
-    pipeline = build_pipeline(demo_recipe(options["quick"], options["output_dir"]))
-    folders = run_pipeline(pipeline, options["dry_run"])
+    pipeline = build_pipeline(demo_recipe(args.quick, args.output_dir))
+    folders = run_pipeline(pipeline, args.dry_run)
     if folders is None:
         return
     report = folders["report"]
     for name in REPORT_FILES:
         if os.path.exists(os.path.join(report, name)):
-            shutil.copy(os.path.join(report, name), os.path.join(options["output_dir"], name))
+            shutil.copy(os.path.join(report, name), os.path.join(args.output_dir, name))
     with open(os.path.join(report, "results.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
-    print(f"report: {os.path.join(options['output_dir'], 'report.html')}")
+    print(f"report: {os.path.join(args.output_dir, 'report.html')}")

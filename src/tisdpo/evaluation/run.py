@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 
-from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig
+from tisdpo.config import DataArguments, GenerationArguments, ModelArguments, TisdpoConfig
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.errors import UserError, require
-from tisdpo.evaluation.config import GenerationArguments
 from tisdpo.evaluation.generation import eos_token_ids, sample_responses, sequence_logps
 from tisdpo.evaluation.metrics import add_win_values, summarize
 from tisdpo.evaluation.prompts import PromptItem, encode_prompts, load_prompts

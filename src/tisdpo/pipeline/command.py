@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tisdpo.config import load_yaml_config
-from tisdpo.errors import UserError, did_you_mean
+from tisdpo.config import PipelineArguments, load_yaml_config, parse_config
+from tisdpo.errors import UserError
 from tisdpo.pipeline.engine import Pipeline
 from tisdpo.pipeline.recipe import Recipe, StageBuilder
 from tisdpo.utils import quiet_libraries
@@ -13,28 +13,17 @@ from tisdpo.utils import quiet_libraries
 USAGE = "usage: tisdpo pipeline --config recipe.yaml [--run_dir DIR] [--dry_run]"
 
 
-def parse_argv(argv: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {"config": None, "run_dir": None, "dry_run": False}
-    iterator = iter(argv)
-    for arg in iterator:
-        key, _, inline = arg.partition("=")
-        if key in ("--config", "--run_dir"):
-            value = inline or next(iterator, None)
-            if not value:
-                raise UserError(f"{key} needs a value ({USAGE})")
-            options[key[2:]] = value
-        elif key == "--dry_run":
-            options["dry_run"] = inline.lower() not in ("false", "0", "no") if inline else True
-        elif key in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        else:
-            raise UserError(
-                f"unknown argument '{arg}'{did_you_mean(key, ['--config', '--run_dir', '--dry_run'])} ({USAGE})"
-            )
-    if not options["config"]:
+def parse_argv(argv: list[str]) -> PipelineArguments:
+    (args,) = parse_config(
+        [PipelineArguments],
+        argv,
+        prog="tisdpo pipeline",
+        config_flag=False,  # the recipe, not a file of flags
+        description="The whole method from a recipe: SFT, contrastive pairs, weights, training, evaluation.",
+    )
+    if not args.config:
         raise UserError(f"tisdpo pipeline needs --config ({USAGE})")
-    return options
+    return args
 
 
 def load_recipe(path: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -57,6 +46,6 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool) -> dict[str, str] | None:
 
 
 def run(argv: list[str]) -> dict[str, str] | None:
-    options = parse_argv(argv)
-    recipe = load_recipe(options["config"], options["run_dir"])
-    return run_pipeline(build_pipeline(recipe), options["dry_run"])
+    args = parse_argv(argv)
+    recipe = load_recipe(args.config, args.run_dir)
+    return run_pipeline(build_pipeline(recipe), args.dry_run)

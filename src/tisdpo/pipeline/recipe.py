@@ -100,12 +100,18 @@ class Recipe:
         self.check_inputs(source)
 
     def check_settings(self, source: str) -> None:
-        """Every flag a section gives a command must be one of that command's flags, with a valid value;
-        caught here, before any stage runs, rather than when the stage's command starts."""
-        from tisdpo.config import LOSS_TYPES, DataArguments, ModelArguments, TisdpoConfig
-        from tisdpo.evaluation.config import GenerationArguments
-        from tisdpo.weights.arguments import WeightsArguments
-        from tisdpo.weights.transforms import TRANSFORM_NAMES
+        """Every flag a section gives a command must be one of that command's flags, with a valid value:
+        checked by the code that checks flags and ``--config`` files (:func:`tisdpo.config.check_values`),
+        here, before any stage runs, rather than when the stage's command starts."""
+        from tisdpo.config import (
+            DataArguments,
+            DlmaArguments,
+            GenerationArguments,
+            ModelArguments,
+            TisdpoConfig,
+            WeightsArguments,
+            check_values,
+        )
 
         train = [ModelArguments, DataArguments, TisdpoConfig]
         sections: list[tuple[str, Any, list[type]]] = [
@@ -119,38 +125,27 @@ class Recipe:
         for method in ("S", "D"):
             if self.contrastive.get(method):
                 sections.append((f"contrastive.{method}.args", self.contrastive[method].get("args") or {}, train))
+        if self.dlma is not None:
+            sections.append(
+                ("dlma.args", (self.dlma or {}).get("args") or {}, [ModelArguments, DataArguments, DlmaArguments])
+            )
         for name, objective in self.objectives.items():
             own = {k: v for k, v in objective.items() if k not in ("weights", "args", "data")}
             sections.append((f"objectives.{name}", own, train))
             sections.append((f"objectives.{name}.args", objective.get("args") or {}, train))
         if self.evaluate is not None:
             sections.append(("evaluate.args", self.evaluate.get("args") or {}, [*train, GenerationArguments]))
-        choices = {"loss_type": LOSS_TYPES, "weight_transform": TRANSFORM_NAMES}
         for section, values, types in sections:
-            if not isinstance(values, dict):
-                raise UserError(
-                    f"expected a mapping of flag names to values, got {type(values).__name__}",
-                    source=source,
-                    field=section,
-                )
-            known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
-            for key, value in values.items():
-                if key not in known:
-                    raise UserError(f"unknown setting '{key}'{did_you_mean(key, known)}", source=source, field=section)
-                if key in GGUF_FLAGS:
-                    raise UserError(
-                        f"'{key}' would apply to every stage's model; name a GGUF model by its file's path "
-                        "instead (base_model: folder/model.gguf)",
-                        source=source,
-                        field=section,
-                    )
-                if key in choices and value not in choices[key]:
-                    raise UserError(
-                        f"unknown {key} '{value}'{did_you_mean(str(value), choices[key])}; "
-                        f"choose one of {', '.join(choices[key])}",
-                        source=source,
-                        field=section,
-                    )
+            if isinstance(values, dict):
+                for key in values:
+                    if key in GGUF_FLAGS:
+                        raise UserError(
+                            f"'{key}' would apply to every stage's model; name a GGUF model by its file's path "
+                            "instead (base_model: folder/model.gguf)",
+                            source=source,
+                            field=section,
+                        )
+            check_values(values, types, source, section)
 
     def check_inputs(self, source: str) -> None:
         """Local models and data files the recipe names must exist (hub names are checked when loaded)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tisdpo import __version__
+from tisdpo.config import WeightsArguments, transform_config
 from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
 from tisdpo.data.load import format_options
 from tisdpo.data.prepare import check_numbers, check_token_ids
@@ -30,7 +31,6 @@ from tisdpo.errors import UserError
 from tisdpo.modeling import distributed_state, load_model, load_model_pair, load_tokenizer
 from tisdpo.scoring import score_sequences
 from tisdpo.utils import atomic_path, digest, file_identity
-from tisdpo.weights.arguments import WeightsArguments, transform_config
 from tisdpo.weights.io import read_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 from tisdpo.weights.transforms import WeightTransformConfig, transform_pair

@@ -1,4 +1,4 @@
-"""The options of weight estimation (``tisdpo weights``): sources, transform, batching, resumable parts.
+"""The flags of weight estimation (``tisdpo weights``): sources, transform, batching, resumable parts.
 
 The ``weight_*`` options are the fields of :class:`~tisdpo.weights.transforms.WeightTransformConfig`
 under flag names (:data:`TRANSFORM_FLAGS`); their defaults are that class's, declared once there.

@@ -1,24 +1,18 @@
-"""Command-line and YAML configuration: dataclasses whose every field is a flag.
+"""The training flags: the model, the data, and the trainer with its preference objective.
 
-``--config recipe.yaml`` sets the same fields (keys are field names); flags given on the command
-line override the file. Unknown keys and flags are refused with the closest valid name.
+Every field is a flag (``--name value``) and a key of a ``--config`` YAML; see :mod:`tisdpo.config.parsing`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.hf_argparser import string_to_bool
+from transformers import TrainingArguments
 
-from tisdpo.errors import UserError, did_you_mean, one_line
+from tisdpo.errors import UserError
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
 from tisdpo.modeling import join_gguf
 from tisdpo.objectives import OBJECTIVES, Objective, objective_for
@@ -245,136 +239,3 @@ class TisdpoConfig(TrainingArguments):
     @property
     def needs_token_kl(self) -> bool:
         return self.objective.token_kl(self)
-
-
-def load_yaml_config(path: str) -> dict[str, Any]:
-    """Read a YAML recipe with the safe loader; it must be a mapping of field names to values."""
-    if not os.path.exists(path):
-        raise UserError("config file not found", source=path)
-    with open(path, encoding="utf-8") as handle:
-        try:
-            data = yaml.safe_load(handle)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            raise UserError(
-                f"not valid YAML ({getattr(err, 'problem', err)})",
-                source=path,
-                location=f"line {mark.line + 1}" if mark else None,
-            ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"expected a mapping of field names to values, got {type(data).__name__}", source=path)
-    return data
-
-
-def field_names(types: Sequence[type]) -> set[str]:
-    return {f.name for t in types for f in dataclasses.fields(t) if f.init}
-
-
-def check_keys(keys: Sequence[str], types: Sequence[type], source: str) -> None:
-    known = field_names(types)
-    for key in keys:
-        if key not in known:
-            raise UserError(f"unknown setting '{key}'{did_you_mean(key, known)}", source=source)
-
-
-def extract_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Pull ``--config PATH`` (or ``--config=PATH``) out of argv."""
-    rest, config = [], None
-    iterator = iter(argv)
-    for arg in iterator:
-        if arg == "--config":
-            config = next(iterator, None)
-            if config is None:
-                raise UserError("--config needs a path to a YAML file")
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return config, rest
-
-
-def _choices_text(choices: Sequence[Any]) -> str:
-    return ", ".join(str(c) for c in choices)
-
-
-class ArgumentParser(HfArgumentParser):
-    """HfArgumentParser whose errors are one-line UserErrors (with the closest valid value) instead of
-    argparse's usage text and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        head, _, detail = message.removeprefix("argument ").partition(": ")
-        flag = head.split("/")[0].strip()  # "--max_steps/--max-steps" -> "--max_steps"
-        action = self._option_string_actions.get(flag)
-        if action is not None and action.choices and detail.startswith("invalid choice"):
-            value = detail.removeprefix("invalid choice:").split("(choose from", 1)[0].strip().strip("'\"")
-            choices = [str(c) for c in action.choices]
-            raise UserError(
-                f"{flag}: unknown value '{value}'{did_you_mean(value, choices)}; choose one of {_choices_text(choices)}"
-            )
-        raise UserError(one_line(f"{flag}: {detail}" if action is not None and detail else message))
-
-
-_EXPECTED = {int: "an integer", float: "a number", string_to_bool: "true or false"}
-_ACCEPTED = {int: (int, str), float: (int, float, str), string_to_bool: (bool, str)}
-
-
-def _coerce(action: argparse.Action, value: Any, source: str) -> Any:
-    """A YAML value checked like the same flag on the command line (choices, numbers, booleans)."""
-    name = action.dest
-    if action.choices:
-        choices = [str(c) for c in action.choices]
-        if str(value) not in choices:
-            raise UserError(
-                f"unknown value '{value}'{did_you_mean(str(value), choices)}; choose one of {_choices_text(choices)}",
-                source=source,
-                field=name,
-            )
-        return action.type(str(value)) if action.type else value
-    if value is None or action.nargs in ("+", "*") or action.type in (None, str):
-        return value
-    expected = _EXPECTED.get(action.type, "another value")
-    accepted = _ACCEPTED.get(action.type, (str,))
-    if (isinstance(value, bool) and bool not in accepted) or not isinstance(value, accepted):
-        if action.type in _ACCEPTED:
-            raise UserError(f"expected {expected}, got {value!r}", source=source, field=name)
-        return value
-    if isinstance(value, str):
-        try:
-            return action.type(value)
-        except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise UserError(f"expected {expected}, got {value!r}", source=source, field=name) from None
-    return value
-
-
-def parse_config(types: Sequence[type], argv: list[str], prog: str = "tisdpo") -> tuple[Any, ...]:
-    """Parse flags (and an optional ``--config`` YAML) into instances of ``types``.
-
-    YAML values are checked like flags (choices, numbers, booleans); every mistake is a one-line
-    UserError naming the file, the field and, for an unknown name or value, the closest valid one.
-    """
-    config_path, argv = extract_config_flag(list(argv))
-    parser = ArgumentParser(list(types), prog=prog)
-    for action in parser._actions:
-        if action.dest == "loss_type":  # objectives registered after this module was imported count too
-            action.choices = list(OBJECTIVES)
-    if config_path:
-        values = load_yaml_config(config_path)
-        check_keys(list(values), types, config_path)
-        actions = {action.dest: action for action in parser._actions}
-        parser.set_defaults(
-            **{
-                key: _coerce(actions[key], value, config_path) if key in actions else value
-                for key, value in values.items()
-            }
-        )
-    try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    except (ValueError, TypeError) as err:
-        raise UserError(one_line(str(err)), source=config_path) from None
-    if remaining:
-        flag = remaining[0]
-        name = flag.lstrip("-").split("=", 1)[0]
-        raise UserError(f"unknown flag '{flag}'{did_you_mean(name, field_names(types))}")
-    return tuple(parsed)
