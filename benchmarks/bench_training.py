@@ -84,6 +84,17 @@ def timed_steps(times: list[float], warmup: int) -> list[float]:
     return times[warmup:]
 
 
+def trainer_result(timer: Any, config: dict[str, Any], memory: Any, precompute: float, settings: str) -> dict[str, Any]:
+    """A trainer contender's result: its timed steps (after warm-up), peak memory, precompute time and settings."""
+    return {
+        "step_times": timed_steps(timer.times, config["warmup_steps"]),
+        "optimizer_times": timed_steps(timer.optimizer_times, config["warmup_steps"]),
+        "peak_mib": memory.peak_mib,
+        "precompute_seconds": precompute,
+        "settings": settings,
+    }
+
+
 # -- (a) TRL -----------------------------------------------------------------------------------
 def run_trl(config: dict[str, Any]) -> dict[str, Any]:
     setup_worker(config["threads"])
@@ -133,14 +144,11 @@ def run_trl(config: dict[str, Any]) -> dict[str, Any]:
         )
         quiet(trainer)
         trainer.train()
-    return {
-        "step_times": timed_steps(timer.times, config["warmup_steps"]),
-        "optimizer_times": timed_steps(timer.optimizer_times, config["warmup_steps"]),
-        "peak_mib": memory.peak_mib,
-        "precompute_seconds": 0.0,
-        "settings": f"precompute_ref_log_probs={args.precompute_ref_log_probs}, "
-        f"gradient_checkpointing={args.gradient_checkpointing}, bf16={args.bf16}, optim={args.optim}",
-    }
+    settings = (
+        f"precompute_ref_log_probs={args.precompute_ref_log_probs}, "
+        f"gradient_checkpointing={args.gradient_checkpointing}, bf16={args.bf16}, optim={args.optim}"
+    )
+    return trainer_result(timer, config, memory, 0.0, settings)
 
 
 # -- (b), (c) ours -----------------------------------------------------------------------------
@@ -206,15 +214,12 @@ def run_ours(config: dict[str, Any], loss_type: str) -> dict[str, Any]:
         trainer = PreferenceTrainer(policy, train_config, tokenizer, train_dataset=train_dataset, callbacks=[timer])
         quiet(trainer)
         trainer.train()
-    return {
-        "step_times": timed_steps(timer.times, config["warmup_steps"]),
-        "optimizer_times": timed_steps(timer.optimizer_times, config["warmup_steps"]),
-        "peak_mib": memory.peak_mib,
-        "precompute_seconds": precompute,
-        "settings": f"precompute_ref_log_probs={train_config.precompute_ref_log_probs}, "
+    settings = (
+        f"precompute_ref_log_probs={train_config.precompute_ref_log_probs}, "
         f"logprob_path={train_config.logprob_path}, lm_head_chunk_size={train_config.lm_head_chunk_size}, "
-        f"optim={train_config.optim}",
-    }
+        f"optim={train_config.optim}"
+    )
+    return trainer_result(timer, config, memory, precompute, settings)
 
 
 # -- (d) the floor -----------------------------------------------------------------------------
@@ -475,27 +480,24 @@ def main() -> None:
         if name in results:
             print(f"{labels[name]}: {results[name]['settings']}")
     print()
+    ours_runs = {name: summary[name] for name in ("dpo", "tisdpo") if name in summary}
     if "trl" in summary:
         trl = summary["trl"]
-        for name in ("dpo", "tisdpo"):
-            if name in summary:
-                ours = summary[name]
-                print(
-                    f"{name}: throughput vs TRL (total, precompute included) = "
-                    f"{trl['step'] / ours['total']:.2f}x (target >= 3x); "
-                    f"step only = {trl['step'] / ours['step']:.2f}x; "
-                    f"peak memory vs TRL = {ours['peak'] / trl['peak']:.2f}x (target <= 0.5x)"
-                )
+        for name, ours in ours_runs.items():
+            print(
+                f"{name}: throughput vs TRL (total, precompute included) = "
+                f"{trl['step'] / ours['total']:.2f}x (target >= 3x); "
+                f"step only = {trl['step'] / ours['step']:.2f}x; "
+                f"peak memory vs TRL = {ours['peak'] / trl['peak']:.2f}x (target <= 0.5x)"
+            )
     if "floor" in summary:
         floor = summary["floor"]
-        for name in ("dpo", "tisdpo"):
-            if name in summary:
-                ours = summary[name]
-                print(
-                    f"{name}: step / floor fwd+bwd = {ours['step'] / floor['step']:.2f}x; "
-                    f"total / (floor fwd+bwd + ref fwd) = {ours['total'] / floor['total']:.2f}x "
-                    "(target <= 1.3x)"
-                )
+        for name, ours in ours_runs.items():
+            print(
+                f"{name}: step / floor fwd+bwd = {ours['step'] / floor['step']:.2f}x; "
+                f"total / (floor fwd+bwd + ref fwd) = {ours['total'] / floor['total']:.2f}x "
+                "(target <= 1.3x)"
+            )
         if "trl" in summary:
             print(f"TRL: step / (floor fwd+bwd + ref fwd) = {summary['trl']['step'] / floor['total']:.2f}x")
 

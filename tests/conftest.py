@@ -37,6 +37,84 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def read_jsonl(path: Path | str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# The flags of a quiet, reproducible command-line run: no checkpoints, no reporting, seed 0, max length 64.
+QUIET_FLAGS = ["--save_strategy", "no", "--report_to", "none", "--seed", "0", "--max_length", "64"]
+NO_TQDM = ["--disable_tqdm", "true"]
+LORA_FLAGS = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj,v_proj"]
+
+
+def cli_args(*args: object) -> list[str]:
+    """A command line (paths, numbers) as strings. A flag given twice keeps its last value."""
+    return [str(a) for a in args]
+
+
+def run_cli(*args: object) -> int:
+    """``tisdpo ARGS`` in this process: its exit code."""
+    from tisdpo.cli import main
+
+    return main(cli_args(*args))
+
+
+def run_ok(*args: object) -> None:
+    """``run_cli`` that must succeed."""
+    assert run_cli(*args) == 0
+
+
+def train_argv(model: object, data: object, out: object, *extra: object) -> list[str]:
+    """``tisdpo train`` of MODEL on DATA into OUT, then EXTRA."""
+    return cli_args("train", "--model_name_or_path", model, "--dataset_name", data, "--output_dir", out, *extra)
+
+
+def evaluate_args(policy: object, ref: object, data: object, out: object, *extra: object) -> list[str]:
+    """``tisdpo evaluate`` of POLICY against REF on DATA into OUT, then EXTRA."""
+    models = ["--model_name_or_path", policy, "--ref_model_name_or_path", ref]
+    return cli_args("evaluate", *models, "--dataset_name", data, "--output_dir", out, *extra)
+
+
+def evaluate(policy: object, ref: object, data: object, out: Path, *extra: object) -> dict:
+    """``evaluate_args`` run (it must succeed): its results."""
+    run_ok(*evaluate_args(policy, ref, data, out, *extra))
+    return json.loads((Path(out) / "eval_results.json").read_text())
+
+
+def prompt_weights_args(
+    model: object, data: object, out: object, *extra: object, positive: str = "harmless", negative: str = "harmful"
+) -> list[str]:
+    """``tisdpo weights`` with a contrastive prompt pair (method P) on MODEL, scoring DATA into OUT."""
+    prompts = ["--positive_prompt", positive, "--negative_prompt", negative]
+    return cli_args(
+        "weights", "--model_name_or_path", model, *prompts, "--dataset_name", data, "--output_file", out, *extra
+    )
+
+
+def log_history(out: Path, key: str | None = None) -> list[dict]:
+    """The ``log_history`` of the run saved in OUT; with KEY, only the entries that log it."""
+    history = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"]
+    return [entry for entry in history if key is None or key in entry]
+
+
+def batch_inputs(batch: dict) -> tuple:
+    """A collated batch's input ids, attention mask, completion starts and mask: ``completion_logps``'s inputs."""
+    return tuple(batch[key] for key in ("input_ids", "attention_mask", "completion_start", "completion_mask"))
+
+
+def naive_completion_logps(logits, batch: dict):
+    """Independent computation: each completion label's log-prob from (B, T, V) logits, one token at a time."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), -1)
+    out = torch.zeros(batch["completion_mask"].shape)
+    for row in range(out.shape[0]):
+        start = int(batch["completion_start"][row])
+        for j in range(int(batch["completion_mask"][row].sum())):
+            out[row, j] = logp[row, start + j - 1, batch["input_ids"][row, start + j]]
+    return out
+
+
 def decided_by_rounding(entry: dict, key: str) -> bool:
     """True for a logged metric whose value is the sign of rounding noise: at step 1 the policy is its
     reference, every margin is ~0 (assert that instead), and ``rewards/accuracies`` is the share of

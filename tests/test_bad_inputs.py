@@ -21,36 +21,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import toy_pairs, write_jsonl
+from conftest import evaluate_args, prompt_weights_args, toy_pairs, write_jsonl
+from conftest import run_cli as run
 
-from tisdpo.cli import main
 from tisdpo.config import LOSS_TYPES
 from tisdpo.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ", ".join(LOSS_TYPES)
-TRAIN_FLAGS = [
-    "--max_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "4",
-    "--per_device_eval_batch_size",
-    "4",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--max_length",
-    "64",
-]
+TRAIN_FLAGS = ["--max_steps", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4"]
+TRAIN_FLAGS += ["--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--max_length", "64"]
 GOOD = {"prompt": "\n\nHuman: tell me about it\n\nAssistant:", "chosen": " kind safe", "rejected": " rude harm"}
 EMPTY_HINT = "is empty or whitespace only (fix the row, or pass --skip_empty_responses to drop such pairs)"
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
 
 
 def one_error_line(err: str, command: str) -> str:
@@ -76,55 +58,15 @@ def train_argv(data: str, tmp: Path, model: str) -> list[str]:
 
 
 def evaluate_argv(data: str, tmp: Path, model: str) -> list[str]:
-    return [
-        "evaluate",
-        "--model_name_or_path",
-        model,
-        "--ref_model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        tmp / "eval",
-        *TRAIN_FLAGS,
-    ]
+    return evaluate_args(model, model, data, tmp / "eval", *TRAIN_FLAGS)
 
 
 def weights_argv(data: str, tmp: Path, model: str) -> list[str]:
-    return [
-        "weights",
-        "--model_name_or_path",
-        model,
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        data,
-        "--output_file",
-        tmp / "w.jsonl",
-        "--max_length",
-        "64",
-    ]
+    return prompt_weights_args(model, data, tmp / "w.jsonl", "--max_length", "64")
 
 
 def generate_argv(data: str, tmp: Path, model: str) -> list[str]:
-    return [
-        "evaluate",
-        "--generate",
-        "--model_name_or_path",
-        model,
-        "--ref_model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        tmp / "gen",
-        "--max_new_tokens",
-        "3",
-        "--max_length",
-        "64",
-    ]
+    return evaluate_args(model, model, data, tmp / "gen", "--generate", "--max_new_tokens", "3", "--max_length", "64")
 
 
 def recipe(tmp: Path, model: str, data: str, **extra) -> Path:

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
-from tisdpo.cli import main
+from conftest import run_cli, train_argv
 
 # transformers 5 draws one of these for every model it loads or saves.
 LIBRARY_BARS = ("Loading weights", "Writing model shards")
 
 
 def train(model: str, data: str, out, *extra: str) -> int:
-    argv = [
-        "train",
-        "--model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        str(out),
-        "--loss_type",
-        "sft",
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_samples",
-        "8",
-        "--max_length",
-        "64",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        *extra,
-    ]
-    return main(argv)
+    flags = ["--loss_type", "sft", "--max_steps", "1", "--per_device_train_batch_size", "4", "--max_samples", "8"]
+    flags += ["--max_length", "64", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+    return run_cli(*train_argv(model, data, out, *flags, *extra))
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_pairs, write_jsonl
+from conftest import prompt_weights_args, read_jsonl, toy_pairs, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tisdpo.weights.estimate as estimate
@@ -23,41 +23,21 @@ LIMIT = 24  # --max_prompt_length: the preset alone is longer (71 tokens), a lon
 LONG_PROMPT = "\n\nHuman: " + " ".join(f"tell me about the item and the thing {i}" for i in range(4)) + "\n\nAssistant:"
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
 def p_weights(model: str, data: Path, out: Path) -> list[str]:
-    return [
-        "weights",
-        "--model_name_or_path",
-        model,
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        str(data),
-        "--output_file",
-        str(out),
-        "--max_prompt_length",
-        str(LIMIT),
-        "--max_length",
-        "64",
-    ]
+    return prompt_weights_args(model, data, out, "--max_prompt_length", LIMIT, "--max_length", "64")
 
 
 @pytest.fixture
 def scored_contexts(monkeypatch) -> dict[str, list[list[int]]]:
-    """The prompt ids `tisdpo weights` scores each side under, in row order (two sequences a row)."""
+    """The prompt ids `tisdpo weights` scores each side under, in row order (one group of two responses a row)."""
     contexts: dict[str, list[list[int]]] = {}
-    real = estimate.score_sequences
+    real = estimate.score_groups
 
-    def recording(model, sequences, *args, desc: str = "", **kwargs):
-        contexts.setdefault(desc.split()[0], []).extend(list(prompt) for prompt, _ in sequences[::2])
-        return real(model, sequences, *args, desc=desc, **kwargs)
+    def recording(model, groups, *args, desc: str = "", **kwargs):
+        contexts.setdefault(desc.split()[0], []).extend(list(prompt) for prompt, _ in groups)
+        return real(model, groups, *args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(estimate, "score_sequences", recording)
+    monkeypatch.setattr(estimate, "score_groups", recording)
     return contexts
 
 

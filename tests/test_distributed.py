@@ -27,7 +27,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import decided_by_rounding, toy_pairs, write_jsonl
+from conftest import (
+    LORA_FLAGS,
+    NO_TQDM,
+    QUIET_FLAGS,
+    decided_by_rounding,
+    evaluate_args,
+    log_history,
+    prompt_weights_args,
+    read_jsonl,
+    toy_pairs,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 from tisdpo.cli import main
@@ -42,18 +53,7 @@ pytestmark = [
     ),
 ]
 
-COMMON = [
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-    "--disable_tqdm",
-    "true",
-]
+COMMON = [*QUIET_FLAGS, *NO_TQDM]
 
 
 def free_port() -> int:
@@ -116,10 +116,6 @@ def single(*args: object) -> None:
 def assert_both_ranks_ran(log: str) -> None:
     for rank in range(2):
         assert f"process {rank} of 2" in log, log[-4000:]
-
-
-def log_history(out: Path) -> list[dict]:
-    return json.loads((out / "trainer_state.json").read_text())["log_history"]
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, toy_data_files, tmp_path, monkeypatch):
@@ -221,16 +217,9 @@ def test_two_processes_train_a_lora_adapter_against_its_disabled_self(tiny_model
         "dpo",
         "--precompute_ref_log_probs",
         "false",
-        "--use_peft",
-        "true",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
+        *LORA_FLAGS,
         "--lora_dropout",
         "0",  # dropout masks depend on how the batch is split
-        "--lora_target_modules",
-        "q_proj,v_proj",
         "--max_steps",
         "4",
         "--learning_rate",
@@ -246,32 +235,17 @@ def test_two_processes_train_a_lora_adapter_against_its_disabled_self(tiny_model
     assert set(one) == set(two) and any(one[name].abs().max() > 0 for name in one if "lora_B" in name)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)
-    margins = [[e["rewards/margins"] for e in log_history(tmp_path / name) if "loss" in e] for name in ("one", "two")]
+    margins = [[e["rewards/margins"] for e in log_history(tmp_path / name, "loss")] for name in ("one", "two")]
     assert margins[1] == pytest.approx(margins[0], rel=1e-4, abs=1e-6) and margins[0][-1] > 0
 
 
 def test_two_processes_write_the_same_weights_file_byte_for_byte(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(23, seed=4))
-    args = [
-        "weights",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        data,
-        "--rows_per_part",
-        "4",  # 6 parts, the last one short: 3 for each process
-        "--batch_size",
-        "3",
-        "--max_length",
-        "64",
-    ]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    single(*args, "--output_file", one)
-    log = launch(*args, "--output_file", two)
+    # parts of 4 rows: 6 parts, the last one short: 3 for each process
+    flags = ["--rows_per_part", "4", "--batch_size", "3", "--max_length", "64"]
+    single(*prompt_weights_args(tiny_model_dir, data, one, *flags))
+    log = launch(*prompt_weights_args(tiny_model_dir, data, two, *flags))
     assert_both_ranks_ran(log)
     assert two.read_bytes() == one.read_bytes()
     assert len(two.read_text().splitlines()) == 23
@@ -289,40 +263,20 @@ def evaluated(tiny_model_dir, tmp_path_factory) -> dict:
     """
     root = tmp_path_factory.mktemp("evaluate")
     data = write_jsonl(root / "heldout.jsonl", toy_pairs(7, seed=5))  # 7 pairs: 4 + 3 per process
-    args = [
-        "evaluate",
-        "--generate",
-        "--preference_metrics",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--ref_model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        data,
-        "--num_samples",
-        "2",
-        "--max_new_tokens",
-        "6",
-        "--temperature",
-        "0",
-        "--generation_batch_size",
-        "1",
-        "--per_device_eval_batch_size",
-        "4",
-        *COMMON,
-    ]
+    flags = ["--generate", "--preference_metrics", "--num_samples", "2", "--max_new_tokens", "6", "--temperature", "0"]
+    flags += ["--generation_batch_size", "1", "--per_device_eval_batch_size", "4", *COMMON]
     patch = pytest.MonkeyPatch()
     patch.setenv("TISDPO_CACHE", str(root / "cache"))
     try:
-        single(*args, "--output_dir", root / "one")
-        log = launch(*args, "--output_dir", root / "two")
+        single(*evaluate_args(tiny_model_dir, tiny_model_dir, data, root / "one", *flags))
+        log = launch(*evaluate_args(tiny_model_dir, tiny_model_dir, data, root / "two", *flags))
     finally:
         patch.undo()
     outputs = {"log": log}
     for name in ("one", "two"):
         outputs[name] = {
             "metrics": json.loads((root / name / "eval_results.json").read_text()),
-            "records": [json.loads(line) for line in (root / name / "generations.jsonl").read_text().splitlines()],
+            "records": read_jsonl(root / name / "generations.jsonl"),
         }
     return outputs
 

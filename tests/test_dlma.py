@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_pairs, write_jsonl
+from conftest import cli_args, prompt_weights_args, read_jsonl, run_cli, toy_pairs, train_argv, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tisdpo.commands import dlma
@@ -27,23 +27,14 @@ def sequence_logp(model, tokenizer, context: str, response: str) -> float:
 
 def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in toy_pairs(6, seed=4)])
+
+    def generate(out: Path) -> None:
+        flags = ["--output_file", out, "--max_new_tokens", "8", "--seed", "3"]
+        dlma.run(cli_args("generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", prompts, *flags))
+
     out = tmp_path / "dlma.jsonl"
-    dlma.run(
-        [
-            "generate",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            str(prompts),
-            "--output_file",
-            str(out),
-            "--max_new_tokens",
-            "8",
-            "--seed",
-            "3",
-        ]
-    )
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    generate(out)
+    rows = read_jsonl(out)
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     # Seed 3 gives no empty sample for these 6 prompts (one would need EOS as its first token), and
     # every prompt leaves room under max_length: all 6 prompts make a pair.
@@ -64,21 +55,7 @@ def test_dlma_generate_scores_match_independent_computation(tiny_model_dir, tmp_
     assert meta["method"] == "dlma" and meta["positive_prompt"]["name"] == "dlma_harmless"
     # a second run with the same seed gives the same pairs
     again = tmp_path / "again.jsonl"
-    dlma.run(
-        [
-            "generate",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            str(prompts),
-            "--output_file",
-            str(again),
-            "--max_new_tokens",
-            "8",
-            "--seed",
-            "3",
-        ]
-    )
+    generate(again)
     assert again.read_text() == out.read_text()
 
 
@@ -91,100 +68,23 @@ def test_dlma_margin_loss_hand_computed():
 
 
 def test_dlma_pairs_train_with_the_margin_and_feed_weights(tiny_model_dir, tmp_path, capsys):
-    from tisdpo.cli import main
-
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in toy_pairs(16, seed=5)])
     pairs = tmp_path / "dlma.jsonl"
-    assert (
-        main(
-            [
-                "dlma",
-                "generate",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                str(prompts),
-                "--output_file",
-                str(pairs),
-                "--max_new_tokens",
-                "6",
-            ]
-        )
-        == 0
-    )
+    generate = ["dlma", "generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", prompts]
+    assert run_cli(*generate, "--output_file", pairs, "--max_new_tokens", "6") == 0
     common = ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--max_steps", "2", "--max_length", "64"]
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                str(pairs),
-                "--loss_type",
-                "dlma",
-                "--output_dir",
-                str(tmp_path / "t"),
-                *common,
-            ]
-        )
-        == 0
-    )
+
+    def train(data: Path, loss_type: str, out: Path) -> int:
+        return run_cli(*train_argv(tiny_model_dir, data, out, "--loss_type", loss_type, *common))
+
+    assert train(pairs, "dlma", tmp_path / "t") == 0
     # "labels and weights without humans": the same file scores token weights and trains TIS-DPO
     weights = tmp_path / "w.jsonl"
-    assert (
-        main(
-            [
-                "weights",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--positive_prompt",
-                "dlma_harmless",
-                "--negative_prompt",
-                "dlma_harmful",
-                "--dataset_name",
-                str(pairs),
-                "--output_file",
-                str(weights),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                str(weights),
-                "--loss_type",
-                "tisdpo",
-                "--output_dir",
-                str(tmp_path / "tis"),
-                *common,
-            ]
-        )
-        == 0
-    )
+    argv = prompt_weights_args(tiny_model_dir, pairs, weights, positive="dlma_harmless", negative="dlma_harmful")
+    assert run_cli(*argv) == 0
+    assert train(weights, "tisdpo", tmp_path / "tis") == 0
     plain = write_jsonl(tmp_path / "plain.jsonl", toy_pairs(4))
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--dataset_name",
-                str(plain),
-                "--loss_type",
-                "dlma",
-                "--output_dir",
-                str(tmp_path / "x"),
-                *common,
-            ]
-        )
-        == 1
-    )
+    assert train(plain, "dlma", tmp_path / "x") == 1
     assert "needs a 'dlma_score' for every pair" in capsys.readouterr().err
 
 
@@ -213,7 +113,7 @@ def test_dlma_on_conversations_writes_conversational_pairs_that_train(tiny_model
     generate = ["dlma", "generate", "--model_name_or_path", tiny_model_dir, "--dataset_name", str(prompts)]
     flags = ["--output_file", str(pairs), "--max_new_tokens", "6", "--seed", "1"]
     assert main([*generate, *flags, "--positive_prompt", "harmless", "--negative_prompt", "harmful"]) == 0
-    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    rows = read_jsonl(pairs)
     assert [row["prompt"] for row in rows] == [[{"role": "user", "content": q}] for q in questions]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import toy_pairs, write_jsonl
+from conftest import log_history, prompt_weights_args, read_jsonl, run_cli, toy_pairs, train_argv, write_jsonl
 from safetensors.torch import load_file
 
 from tisdpo import losses
-from tisdpo.cli import main
 from tisdpo.trainer import PreferenceTrainer, checkpoint_is_complete, last_complete_checkpoint
 from tisdpo.utils import atomic_path
 
@@ -88,22 +87,9 @@ def assert_same_model(a: Path, b: Path) -> None:
 
 
 def train_args(model: str, data: Path, out: Path, *extra) -> list[str]:
-    return [
-        "train",
-        "--model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        out,
-        "--max_steps",
-        "12",  # two epochs of 6 batches
-        "--save_steps",
-        "3",
-        "--per_device_train_batch_size",
-        "8",
-        "--learning_rate",
-        "1e-3",
+    """12 steps (two epochs of 6 batches of 48 pairs), a checkpoint every 3; EXTRA last (a flag given again wins)."""
+    flags = ["--max_steps", "12", "--save_steps", "3", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3"]
+    flags += [
         "--seed",
         "0",
         "--max_length",
@@ -114,14 +100,14 @@ def train_args(model: str, data: Path, out: Path, *extra) -> list[str]:
         "true",
         "--logging_steps",
         "1",
-        *extra,
     ]
+    return train_argv(model, data, out, *flags, *extra)
 
 
 def test_killed_training_resumes_to_the_same_model(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(48, seed=11))
     reference = tmp_path / "reference"
-    assert main([str(a) for a in train_args(tiny_model_dir, data, reference)]) == 0
+    assert run_cli(*train_args(tiny_model_dir, data, reference)) == 0
 
     out, log = tmp_path / "killed", tmp_path / "train.log"
     argv = tisdpo(*train_args(tiny_model_dir, data, out))
@@ -150,8 +136,8 @@ def test_an_incomplete_checkpoint_is_never_resumed_from(tiny_model_dir, tmp_path
     """A checkpoint folder cut short (no trainer state) and a staging leftover are passed over."""
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(48, seed=11))
     out = tmp_path / "run"
-    args = [str(a) for a in train_args(tiny_model_dir, data, out, "--max_steps", "6")]
-    assert main(args) == 0
+    args = train_args(tiny_model_dir, data, out, "--max_steps", "6")
+    assert run_cli(*args) == 0
     reference = load_file(out / "model.safetensors")
     # A kill in the middle of someone else's copy: checkpoint-9 has a truncated model and no trainer state.
     (out / "checkpoint-9").mkdir()
@@ -160,7 +146,7 @@ def test_an_incomplete_checkpoint_is_never_resumed_from(tiny_model_dir, tmp_path
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-6")
     (out / "model.safetensors").unlink()
     caplog.set_level("WARNING", logger="tisdpo")
-    assert main(args) == 0
+    assert run_cli(*args) == 0
     assert any("checkpoint-9 is incomplete" in m and "resuming from" in m for m in caplog.messages)
     after = load_file(out / "model.safetensors")
     for name in reference:
@@ -171,31 +157,13 @@ def test_an_incomplete_checkpoint_is_never_resumed_from(tiny_model_dir, tmp_path
 
 
 def weights_args(model: str, data: Path, out: Path) -> list[str]:
-    return [
-        "weights",
-        "--model_name_or_path",
-        model,
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        data,
-        "--output_file",
-        out,
-        "--rows_per_part",
-        "4",
-        "--batch_size",
-        "4",
-        "--max_length",
-        "64",
-    ]
+    return prompt_weights_args(model, data, out, "--rows_per_part", "4", "--batch_size", "4", "--max_length", "64")
 
 
 def test_killed_weight_scoring_resumes_with_no_lost_or_duplicated_rows(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(60, seed=12))
     reference = tmp_path / "reference.jsonl"
-    assert main([str(a) for a in weights_args(tiny_model_dir, data, reference)]) == 0
+    assert run_cli(*weights_args(tiny_model_dir, data, reference)) == 0
 
     out, log = tmp_path / "w.jsonl", tmp_path / "weights.log"
     parts = Path(str(out) + ".parts")
@@ -210,16 +178,13 @@ def test_killed_weight_scoring_resumes_with_no_lost_or_duplicated_rows(tiny_mode
     assert re.search(rf"resuming: {len(done)} of 15 parts already scored", text), text
     assert out.read_bytes() == reference.read_bytes()
     assert not parts.exists()
-    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == [
-        row["prompt"] for row in toy_pairs(60, seed=12)
-    ]
+    assert [row["prompt"] for row in read_jsonl(out)] == [row["prompt"] for row in toy_pairs(60, seed=12)]
 
 
 def test_parts_of_other_inputs_or_cut_short_are_not_trusted(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(12, seed=13))
     reference = tmp_path / "reference.jsonl"
-    args = [str(a) for a in weights_args(tiny_model_dir, data, reference)]
-    assert main(args) == 0
+    assert run_cli(*weights_args(tiny_model_dir, data, reference)) == 0
     out = tmp_path / "w.jsonl"
     parts = Path(str(out) + ".parts")
     parts.mkdir()
@@ -227,7 +192,7 @@ def test_parts_of_other_inputs_or_cut_short_are_not_trusted(tiny_model_dir, tmp_
     (parts / "fingerprint").write_text("0123456789abcdef")
     (parts / "part-000000000.jsonl").write_text('{"result": null}\n' * 4)
     (parts / ".tmp-cut.jsonl").write_text('{"result": {"chosen_tok')
-    assert main([str(a) for a in weights_args(tiny_model_dir, data, out)]) == 0
+    assert run_cli(*weights_args(tiny_model_dir, data, out)) == 0
     assert out.read_bytes() == reference.read_bytes()
 
 
@@ -263,38 +228,13 @@ def test_killed_pipeline_resumes_at_the_interrupted_stage(tiny_model_dir, tmp_pa
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(64, seed=14))
     # The uninterrupted result: the same two commands run one after the other.
     ref_weights = tmp_path / "ref_weights.jsonl"
-    assert main([str(a) for a in weights_args(tiny_model_dir, data, ref_weights)]) == 0
+    assert run_cli(*weights_args(tiny_model_dir, data, ref_weights)) == 0
     ref_model = tmp_path / "ref_model"
-    train = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        ref_weights,
-        "--output_dir",
-        ref_model,
-        "--loss_type",
-        "tisdpo",
-        "--max_steps",
-        "8",
-        "--per_device_train_batch_size",
-        "8",
-        "--save_steps",
-        "2",
-        "--learning_rate",
-        "1e-3",
-        "--max_length",
-        "64",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--logging_steps",
-        "1",
-        "--seed",
-        "0",
-    ]
-    assert main([str(a) for a in train]) == 0
+    # the recipe's training: 8 steps, a checkpoint every 2
+    train = train_args(
+        tiny_model_dir, ref_weights, ref_model, "--loss_type", "tisdpo", "--max_steps", "8", "--save_steps", "2"
+    )
+    assert run_cli(*train) == 0
 
     run_dir, log = tmp_path / "run", tmp_path / "pipeline.log"
     argv = tisdpo("pipeline", "--config", pipeline_recipe(tmp_path, tiny_model_dir, data))
@@ -368,24 +308,9 @@ def test_a_kill_during_an_atomic_write_leaves_the_old_file(tmp_path):
 
 # -- numerical guards ----------------------------------------------------------------------------------
 
-GUARD_ARGS = [
-    "--max_steps",
-    "5",
-    "--per_device_train_batch_size",
-    "8",
-    "--learning_rate",
-    "1e-3",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--logging_steps",
-    "1",
-    "--max_length",
-    "64",
-]
+GUARD_ARGS = ["--max_steps", "5", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3"]
+GUARD_ARGS += ["--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
+GUARD_ARGS += ["--max_length", "64"]
 
 
 @pytest.fixture
@@ -420,9 +345,8 @@ def test_a_nan_loss_stops_training_with_the_step_and_pairs(
 ):
     """The third batch's loss is NaN: optimizer step 3, or step 2 with two micro-batches a step."""
     out = tmp_path / "out"
-    args = ["train", "--model_name_or_path", tiny_model_dir, "--dataset_name", toy_data_files[0], "--output_dir", out]
-    args += ["--gradient_accumulation_steps", accumulation]
-    assert main([*map(str, args), *GUARD_ARGS]) == 1
+    args = train_argv(tiny_model_dir, toy_data_files[0], out, "--gradient_accumulation_steps", accumulation)
+    assert run_cli(*args, *GUARD_ARGS) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("tisdpo train: error: ")]
@@ -438,12 +362,14 @@ def test_a_nan_loss_stops_training_with_the_step_and_pairs(
 
 def test_a_nan_batch_is_skipped_on_request(nan_at_step_3, trainers, tiny_model_dir, toy_data_files, tmp_path, caplog):
     out = tmp_path / "out"
-    args = ["train", "--model_name_or_path", tiny_model_dir, "--dataset_name", toy_data_files[0], "--output_dir", out]
     caplog.set_level("WARNING", logger="tisdpo")
-    assert main([*map(str, args), *GUARD_ARGS, "--skip_nonfinite_batches", "true"]) == 0
+    assert (
+        run_cli(*train_argv(tiny_model_dir, toy_data_files[0], out, *GUARD_ARGS, "--skip_nonfinite_batches", "true"))
+        == 0
+    )
     assert any(m.startswith("skipped the batch of step 3: non-finite loss (nan) at step 3") for m in caplog.messages)
     assert json.loads((out / "all_results.json").read_text())["nonfinite_batches_skipped"] == 1
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    history = log_history(out)
     skipped = {entry["step"]: entry["nonfinite_batches_skipped"] for entry in history if "loss" in entry}
     assert skipped == {1: 0, 2: 0, 3: 1, 4: 1, 5: 1}
     # No metric of the skipped batch reaches the logs, and the optimizer never saw it: 4 updates of 5 steps.
@@ -473,9 +399,8 @@ def huge_weights_file(tiny_model_dir: str, path: Path, bad_row: int) -> Path:
 def test_weights_that_overflow_stop_or_skip_the_step(trainers, tiny_model_dir, tmp_path, capsys):
     data = huge_weights_file(tiny_model_dir, tmp_path / "huge.jsonl", bad_row=5)
     out = tmp_path / "out"
-    args = ["train", "--model_name_or_path", tiny_model_dir, "--dataset_name", data, "--output_dir", out]
-    args += ["--loss_type", "tisdpo", *GUARD_ARGS, "--max_steps", "4"]
-    assert main([str(a) for a in args]) == 1
+    args = train_argv(tiny_model_dir, data, out, "--loss_type", "tisdpo", *GUARD_ARGS, "--max_steps", "4")
+    assert run_cli(*args) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     match = re.fullmatch(
         r"tisdpo train: error: non-finite (loss \([^)]*\)|gradient[^;]*) at step (\d) on pairs \[([\d, ]+)\]; .*", line
@@ -485,7 +410,7 @@ def test_weights_that_overflow_stop_or_skip_the_step(trainers, tiny_model_dir, t
     assert not (out / "model.safetensors").exists()
 
     trainers.clear()
-    assert main([*map(str, args), "--skip_nonfinite_batches", "true"]) == 0
+    assert run_cli(*args, "--skip_nonfinite_batches", "true") == 0
     results = json.loads((out / "all_results.json").read_text())
     assert results["nonfinite_batches_skipped"] == 2  # 2 batches an epoch, 2 epochs: the pair is in 2 of 4 steps
     assert {int(state["step"]) for state in trainers[0].optimizer.state.values()} == {2}
@@ -504,9 +429,8 @@ def test_losses_are_fp32_under_bf16(flags, tiny_model_dir, toy_data_files, tmp_p
         return out
 
     monkeypatch.setattr(losses, "dpo_loss", dpo_loss)
-    args = ["train", "--model_name_or_path", tiny_model_dir, "--dataset_name", toy_data_files[0]]
-    args += ["--output_dir", tmp_path / "out", *GUARD_ARGS, "--max_steps", "2", *flags]
-    assert main([str(a) for a in args]) == 0
+    args = train_argv(tiny_model_dir, toy_data_files[0], tmp_path / "out", *GUARD_ARGS, "--max_steps", "2", *flags)
+    assert run_cli(*args) == 0
     assert seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen), seen
     if "--dtype" in flags:
         assert {t.dtype for t in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.bfloat16}

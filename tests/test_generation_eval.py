@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import evaluate, read_jsonl, write_jsonl
+from conftest import run_cli as run
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -22,7 +23,6 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tisdpo.cli import main
 from tisdpo.errors import UserError
 from tisdpo.evaluation.generation import sample_responses, sequence_logps, trim_at_eos
 from tisdpo.evaluation.metrics import bootstrap_interval, summarize, win_value
@@ -135,10 +135,6 @@ def count_scorer(prompts: list[str], responses: list[str]) -> list[float]:
     """The test's Python scorer: how many times 'good' appears in the response."""
     SEEN_PROMPTS.append(list(prompts))
     return [float(r.split().count("good")) for r in responses]
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +456,7 @@ def test_cli_generate_scores_every_response_and_summarizes(world, tmp_path):
     )
     assert code == 0
     metrics = json.loads((out / "eval_results.json").read_text())
-    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "generations.jsonl")
     assert (out / "eval_results.md").read_text().startswith("# Evaluation")
     for key in (
         "gen/reward_mean",
@@ -537,35 +533,13 @@ def test_cli_generate_on_pairs_with_the_demo_oracle_and_preference_metrics(tiny_
     ]
     data = write_jsonl(tmp_path / "hh.jsonl", rows)
     out = tmp_path / "out"
-    code = run(
-        "evaluate",
-        "--generate",
-        "--preference_metrics",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--ref_model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        data,
-        "--scorer",
-        "tisdpo.demo.task:oracle_scorer",
-        "--num_samples",
-        "2",
-        "--max_new_tokens",
-        "6",
-        "--output_dir",
-        out,
-        "--report_to",
-        "none",
-        "--max_length",
-        "64",
-    )
-    assert code == 0
-    metrics = json.loads((out / "eval_results.json").read_text())
+    flags = ["--generate", "--preference_metrics", "--scorer", "tisdpo.demo.task:oracle_scorer", "--num_samples", "2"]
+    flags += ["--max_new_tokens", "6", "--report_to", "none", "--max_length", "64"]
+    metrics = evaluate(tiny_model_dir, tiny_model_dir, data, out, *flags)
     assert metrics["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
     assert metrics["gen/kl"] == 0.0 and metrics["gen/kl_std"] == 0.0
     assert metrics["gen/num_prompts"] == 4 and metrics["gen/num_samples"] == 2
-    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "generations.jsonl")
     assert records[0]["prompt"] == "\n\nHuman: how do i fix the car 0\n\nAssistant:"
     assert all(0 < r["length"] + r["finished"] <= 6 for r in records)
 

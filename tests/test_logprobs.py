@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import batch_inputs, naive_completion_logps
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -28,13 +29,7 @@ FEATURES = [
 
 def naive_logps(model, batch):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = torch.log_softmax(logits.float(), -1)
-    out = torch.zeros(batch["completion_mask"].shape)
-    for row in range(out.shape[0]):
-        start = int(batch["completion_start"][row])
-        for j in range(int(batch["completion_mask"][row].sum())):
-            out[row, j] = logp[row, start + j - 1, batch["input_ids"][row, start + j]]
-    return out
+    return naive_completion_logps(logits, batch)
 
 
 @pytest.fixture
@@ -50,15 +45,7 @@ def test_paths_match_naive_values_and_gradients(model_and_batch, path):
     (expected * torch.arange(1, expected.numel() + 1).view_as(expected)).sum().backward()
     naive_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    out = completion_logps(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["completion_start"],
-        batch["completion_mask"],
-        path=path,
-        chunk_size=3,
-    )
+    out = completion_logps(model, *batch_inputs(batch), path=path, chunk_size=3)
     torch.testing.assert_close(out.logps, expected, rtol=1e-5, atol=1e-5)
     (out.logps * torch.arange(1, expected.numel() + 1).view_as(expected)).sum().backward()
     for name, param in model.named_parameters():
@@ -67,13 +54,7 @@ def test_paths_match_naive_values_and_gradients(model_and_batch, path):
 
 def test_padding_positions_are_zero(model_and_batch):
     model, batch = model_and_batch
-    out = completion_logps(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["completion_start"],
-        batch["completion_mask"],
-    )
+    out = completion_logps(model, *batch_inputs(batch))
     assert torch.all(out.logps[~batch["completion_mask"]] == 0)
     assert torch.all(out.logps[batch["completion_mask"]] < 0)
 
@@ -136,28 +117,14 @@ def test_chunked_path_never_allocates_batch_by_length_by_vocab():
     batch = PreferenceCollator(pad_token_id=2)(features)
     recorder = LargestTensor()
     with recorder:
-        out = completion_logps(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["completion_start"],
-            batch["completion_mask"],
-            chunk_size=chunk,
-        )
+        out = completion_logps(model, *batch_inputs(batch), chunk_size=chunk)
         out.logps.sum().backward()
     assert recorder.largest < length * vocab / 2  # far below a single row's T x V logits
     assert recorder.largest <= max(chunk * vocab, vocab * 16)  # one chunk of logits, or the LM head weight
 
     recorder = LargestTensor()
     with recorder:
-        completion_logps(
-            model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["completion_start"],
-            batch["completion_mask"],
-            path="logits",
-        )
+        completion_logps(model, *batch_inputs(batch), path="logits")
     assert recorder.largest >= rows * length * vocab  # the plain path does materialise the logits
 
 
@@ -172,9 +139,7 @@ def test_head_as_identity_puts_back_a_forward_set_on_the_instance(model_and_batc
         return torch.nn.Linear.forward(head, hidden_states)
 
     head.forward = hooked_forward
-    completion_logps(
-        model, batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"]
-    )
+    completion_logps(model, *batch_inputs(batch))
     assert head.forward is hooked_forward
     calls.clear()
     model(input_ids=batch["input_ids"])

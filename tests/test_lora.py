@@ -3,7 +3,6 @@ adapters on one base as a contrastive pair, gradient checkpointing and bf16 on t
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -11,11 +10,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import decided_by_rounding, toy_pairs, write_jsonl
+from conftest import (
+    LORA_FLAGS,
+    NO_TQDM,
+    QUIET_FLAGS,
+    batch_inputs,
+    cli_args,
+    decided_by_rounding,
+    log_history,
+    read_jsonl,
+    toy_pairs,
+    write_jsonl,
+)
+from conftest import run_ok as run
 from safetensors.torch import load_file
 
 from tisdpo import modeling
-from tisdpo.cli import main
 from tisdpo.commands import train as train_command
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.logprobs import completion_logps
@@ -25,28 +35,9 @@ from tisdpo.trainer import PreferenceTrainer
 
 peft = pytest.importorskip("peft")
 
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-    "--logging_steps",
-    "1",
-    "--disable_tqdm",
-    "true",
-]
-LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj,v_proj"]
+COMMON = ["--per_device_train_batch_size", "8", *QUIET_FLAGS, "--logging_steps", "1", *NO_TQDM]
+LORA = LORA_FLAGS
 ADAPTED = ("q_proj", "v_proj")
-
-
-def run(*args: object) -> None:
-    assert main([str(a) for a in args]) == 0
 
 
 @pytest.fixture
@@ -78,7 +69,7 @@ def weights_file(model_dir: str, train_file: str, path: Path) -> str:
     """The training pairs with the trainer's token ids and (seeded) weights in [0.5, 2]."""
     pair_tokenizer = PairTokenizer(load_tokenizer(model_dir), max_length=64)
     rng = random.Random(0)
-    rows = [json.loads(line) for line in Path(train_file).read_text().splitlines()]
+    rows = read_jsonl(train_file)
     for row in rows:
         pair = pair_tokenizer.tokenize(row)
         for side, ids in (("chosen", pair.chosen_full_ids), ("rejected", pair.rejected_full_ids)):
@@ -87,8 +78,10 @@ def weights_file(model_dir: str, train_file: str, path: Path) -> str:
     return str(write_jsonl(path, rows))
 
 
-def history(out: Path) -> list[dict]:
-    return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+def train_args(model: str, data: str, loss_type: str, steps: int, learning_rate: str, *extra: object) -> list:
+    """`tisdpo train` of MODEL on DATA with LOSS_TYPE for STEPS steps at LEARNING_RATE, then EXTRA and COMMON."""
+    flags = ["--loss_type", loss_type, "--max_steps", steps, "--learning_rate", learning_rate, *extra, *COMMON]
+    return cli_args("train", "--model_name_or_path", model, "--dataset_name", data, *flags)
 
 
 def assert_only_adapted_weights_changed(merged: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> None:
@@ -109,23 +102,7 @@ def test_lora_trains_only_the_adapter_with_no_second_model(
         train_file = weights_file(tiny_model_dir, train_file, tmp_path / "weights.jsonl")
     out = tmp_path / loss_type
     monkeypatch.setenv("TISDPO_CACHE", str(tmp_path / "cache"))
-    run(
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        train_file,
-        "--loss_type",
-        loss_type,
-        "--output_dir",
-        out,
-        "--max_steps",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        *LORA,
-        *COMMON,
-    )
+    run(*train_args(tiny_model_dir, train_file, loss_type, 8, "1e-2", "--output_dir", out, *LORA))
     # one model in memory: the policy; the reference is its base with the adapter disabled
     assert spies.loads == [tiny_model_dir]
     (trainer,) = spies.trainers
@@ -148,7 +125,7 @@ def test_lora_trains_only_the_adapter_with_no_second_model(
     merged = load_causal_lm(str(out)).state_dict()
     assert_only_adapted_weights_changed(merged, load_file(Path(tiny_model_dir) / "model.safetensors"))
 
-    steps = history(out)
+    steps = log_history(out, "loss")
     assert len(steps) == 8
     assert steps[-1]["loss"] < steps[0]["loss"]
     if loss_type != "sft":
@@ -160,21 +137,7 @@ def test_lora_trains_only_the_adapter_with_no_second_model(
 def test_lora_live_reference_trains_like_precomputed_reference(tiny_model_dir, toy_data_files, tmp_path, spies):
     """--precompute_ref_log_probs false with LoRA: the reference runs every step as the policy with its
     adapter disabled (no reference model loaded), and training is the same as with precomputed log-probs."""
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "dpo",
-        "--max_steps",
-        "5",
-        "--learning_rate",
-        "1e-2",
-        *LORA,
-        *COMMON,
-    ]
+    args = train_args(tiny_model_dir, toy_data_files[0], "dpo", 5, "1e-2", *LORA)
     for name, flag in (("pre", "true"), ("live", "false")):
         run(*args, "--output_dir", tmp_path / name, "--precompute_ref_log_probs", flag)
     assert spies.loads == [tiny_model_dir, tiny_model_dir]  # one model per run
@@ -185,7 +148,7 @@ def test_lora_live_reference_trains_like_precomputed_reference(tiny_model_dir, t
     assert set(pre) == set(live)
     for name in pre:
         torch.testing.assert_close(live[name], pre[name], rtol=1e-5, atol=1e-6)
-    for a, b in zip(history(tmp_path / "pre"), history(tmp_path / "live"), strict=True):
+    for a, b in zip(log_history(tmp_path / "pre", "loss"), log_history(tmp_path / "live", "loss"), strict=True):
         for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
             if not decided_by_rounding(a, key):
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
@@ -214,11 +177,12 @@ def adapters(tiny_model_dir, tmp_path_factory) -> tuple[str, str]:
     return make_adapter(tiny_model_dir, root / "positive", 1), make_adapter(tiny_model_dir, root / "negative", 2)
 
 
-def scoring_sequences(model_dir: str, count: int = 9) -> tuple[list[tuple[list[int], list[int]]], int]:
+def scoring_sequences(model_dir: str, rows: list[dict] | None = None) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(prompt, full completion) token ids of each side of ROWS (by default 9 toy pairs), and the pad id."""
     tokenizer = load_tokenizer(model_dir)
     pair_tokenizer = PairTokenizer(tokenizer, max_length=64)
     sequences = []
-    for row in toy_pairs(count, seed=7):
+    for row in toy_pairs(9, seed=7) if rows is None else rows:
         pair = pair_tokenizer.tokenize(row)
         sequences += [(pair.prompt_ids, pair.chosen_full_ids), (pair.prompt_ids, pair.rejected_full_ids)]
     return sequences, tokenizer.pad_token_id
@@ -289,14 +253,9 @@ def test_weights_from_two_adapter_folders(tiny_model_dir, adapters, tmp_path):
         "--max_length",
         "64",
     )
-    written = [json.loads(line) for line in out.read_text().splitlines()]
-    tokenizer = load_tokenizer(tiny_model_dir)
-    pair_tokenizer = PairTokenizer(tokenizer, max_length=64)
-    sequences = []
-    for row in rows:
-        pair = pair_tokenizer.tokenize(row)
-        sequences += [(pair.prompt_ids, pair.chosen_full_ids), (pair.prompt_ids, pair.rejected_full_ids)]
-    pos, neg = (score_sequences(load_causal_lm(path), sequences, tokenizer.pad_token_id) for path in adapters)
+    written = read_jsonl(out)
+    sequences, pad = scoring_sequences(tiny_model_dir, rows)
+    pos, neg = (score_sequences(load_causal_lm(path), sequences, pad) for path in adapters)
     assert len(written) == len(rows)
     for k, row in enumerate(written):
         for j, side in enumerate(("chosen", "rejected")):
@@ -311,21 +270,7 @@ def test_weights_from_two_adapter_folders(tiny_model_dir, adapters, tmp_path):
 def test_gradient_checkpointing_trains_exactly_like_without(
     peft_flags, tiny_model_dir, toy_data_files, tmp_path, spies
 ):
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "dpo",
-        "--max_steps",
-        "4",
-        "--learning_rate",
-        "1e-2" if peft_flags else "1e-3",
-        *peft_flags,
-        *COMMON,
-    ]
+    args = train_args(tiny_model_dir, toy_data_files[0], "dpo", 4, "1e-2" if peft_flags else "1e-3", *peft_flags)
     run(*args, "--output_dir", tmp_path / "plain")
     run(*args, "--output_dir", tmp_path / "checkpointed", "--gradient_checkpointing", "true")
     plain, checkpointed = spies.trainers
@@ -336,7 +281,9 @@ def test_gradient_checkpointing_trains_exactly_like_without(
     a, b = load_file(tmp_path / "plain" / weights), load_file(tmp_path / "checkpointed" / weights)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7)
-    for x, y in zip(history(tmp_path / "plain"), history(tmp_path / "checkpointed"), strict=True):
+    for x, y in zip(
+        log_history(tmp_path / "plain", "loss"), log_history(tmp_path / "checkpointed", "loss"), strict=True
+    ):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
 
 
@@ -344,20 +291,7 @@ def test_gradient_checkpointing_trains_exactly_like_without(
     "flags", [["--dtype", "bfloat16"], ["--bf16", "true", "--use_cpu", "true"]], ids=["bf16-weights", "bf16-autocast"]
 )
 def test_bf16_keeps_the_loss_in_fp32(flags, tiny_model_dir, toy_data_files, tmp_path, spies):
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "dpo",
-        "--max_steps",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        *COMMON,
-    ]
+    args = train_args(tiny_model_dir, toy_data_files[0], "dpo", 4, "1e-3")
     run(*args, "--output_dir", tmp_path / "fp32")
     run(*args, "--output_dir", tmp_path / "bf16", *flags)
     assert set(spies.loss_dtypes) == {torch.float32}
@@ -365,7 +299,7 @@ def test_bf16_keeps_the_loss_in_fp32(flags, tiny_model_dir, toy_data_files, tmp_
     if flags[0] == "--dtype":
         assert next(spies.trainers[1].model.parameters()).dtype == torch.bfloat16
         assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
-    fp32, bf16 = history(tmp_path / "fp32"), history(tmp_path / "bf16")
+    fp32, bf16 = log_history(tmp_path / "fp32", "loss"), log_history(tmp_path / "bf16", "loss")
     for x, y in zip(fp32, bf16, strict=True):
         assert math.isfinite(y["loss"]) and y["loss"] == pytest.approx(x["loss"], abs=2e-3)
     assert bf16[-1]["loss"] < bf16[0]["loss"]
@@ -373,12 +307,12 @@ def test_bf16_keeps_the_loss_in_fp32(flags, tiny_model_dir, toy_data_files, tmp_
 
 def test_bf16_log_probs_are_fp32_on_both_paths(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir, dtype="bfloat16")
-    sequences, pad = scoring_sequences(tiny_model_dir, count=3)
+    sequences, pad = scoring_sequences(tiny_model_dir, toy_pairs(3, seed=7))
     from tisdpo.data.collate import PreferenceCollator
 
     features = [{"index": i, "prompt_input_ids": p, "chosen_input_ids": c} for i, (p, c) in enumerate(sequences)]
     batch = PreferenceCollator(pad, sides=("chosen",))(features)
-    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"])
+    inputs = batch_inputs(batch)
     chunked = completion_logps(model, *inputs, path="chunked", chunk_size=7)
     logits = completion_logps(model, *inputs, path="logits", chunk_size=7)
     assert chunked.logps.dtype == logits.logps.dtype == torch.float32
@@ -390,22 +324,7 @@ def test_bf16_log_probs_are_fp32_on_both_paths(tiny_model_dir):
 def test_attn_implementation_flag_reaches_the_model_and_changes_no_result(
     tiny_model_dir, toy_data_files, tmp_path, spies
 ):
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "dpo",
-        "--max_steps",
-        "3",
-        "--learning_rate",
-        "1e-3",
-        "--dtype",
-        "float32",
-        *COMMON,
-    ]
+    args = train_args(tiny_model_dir, toy_data_files[0], "dpo", 3, "1e-3", "--dtype", "float32")
     for implementation in ("eager", "sdpa"):
         run(*args, "--output_dir", tmp_path / implementation, "--attn_implementation", implementation)
     assert [t.model.config._attn_implementation for t in spies.trainers] == ["eager", "sdpa"]

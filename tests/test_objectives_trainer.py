@@ -11,7 +11,6 @@ reference cache) would give a value far outside the tolerance.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,69 +19,40 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import toy_pairs, write_jsonl
+from conftest import (
+    NO_TQDM,
+    QUIET_FLAGS,
+    log_history,
+    prompt_weights_args,
+    read_jsonl,
+    toy_pairs,
+    train_argv,
+    write_jsonl,
+)
+from conftest import evaluate as evaluate_cli
+from conftest import run_cli as run
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tisdpo.cli import main
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.modeling import load_tokenizer
 from tisdpo.trainer import PreferenceTrainer
 
 BETA = 0.5
-MAX_LENGTH = 64
+MAX_LENGTH = 64  # QUIET_FLAGS's --max_length
 REL = 1e-4  # fp32 trainer against a float64 computation
-COMMON = [
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "16",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    str(MAX_LENGTH),
-    "--beta",
-    str(BETA),
-    "--disable_tqdm",
-    "true",
-]
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
+COMMON = ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "16", *QUIET_FLAGS]
+COMMON += ["--beta", str(BETA), *NO_TQDM]
+ONE_FIXED_STEP = ["--learning_rate", "0", "--max_steps", "1", "--logging_steps", "1"]  # the policy stays as it is
 
 
 def evaluate(policy: str, ref: str, data: str, out: Path, *extra) -> dict:
-    code = run(
-        "evaluate",
-        "--model_name_or_path",
-        policy,
-        "--ref_model_name_or_path",
-        ref,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        out,
-        *COMMON,
-        *extra,
-    )
-    assert code == 0
-    return json.loads((out / "eval_results.json").read_text())
+    return evaluate_cli(policy, ref, data, out, *COMMON, *extra)
 
 
 def train(policy: str, data: str, out: Path, *extra) -> list[dict]:
-    assert (
-        run("train", "--model_name_or_path", policy, "--dataset_name", data, "--output_dir", out, *COMMON, *extra) == 0
-    )
-    return json.loads((out / "trainer_state.json").read_text())["log_history"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert run(*train_argv(policy, data, out, *COMMON, *extra)) == 0
+    return log_history(out)
 
 
 def logsig(x: float) -> float:
@@ -266,12 +236,7 @@ def test_tisdpo_non_unit_weights_match_hand_computation(models, values, weights_
         ref,
         "--loss_type",
         "tisdpo",
-        "--learning_rate",
-        "0",
-        "--max_steps",
-        "1",
-        "--logging_steps",
-        "1",
+        *ONE_FIXED_STEP,
     )
     step = next(e for e in history if "weighted_rewards/margins" in e)
     for key in ("weighted_rewards/chosen", "weighted_rewards/rejected", "weighted_rewards/margins"):
@@ -536,11 +501,10 @@ def test_weights_max_batch_tokens_gives_the_same_file(models, varied_data, tmp_p
         return batches
 
     monkeypatch.setattr(scoring, "length_sorted_batches", spy)
-    common = ["--model_name_or_path", models[1], "--positive_prompt", "harmless", "--negative_prompt", "harmful"]
-    common += ["--dataset_name", varied_data, "--batch_size", "8"]
-    assert run("weights", *common, "--output_file", tmp_path / "plain.jsonl") == 0
+    assert run(*prompt_weights_args(models[1], varied_data, tmp_path / "plain.jsonl", "--batch_size", "8")) == 0
     plain_batches, batch_widths[:] = list(batch_widths), []
-    assert run("weights", *common, "--max_batch_tokens", "200", "--output_file", tmp_path / "capped.jsonl") == 0
+    capped_args = prompt_weights_args(models[1], varied_data, tmp_path / "capped.jsonl", "--batch_size", "8")
+    assert run(*capped_args, "--max_batch_tokens", "200") == 0
     assert all(width <= 200 for widths in batch_widths for width in widths)
     assert sum(map(len, batch_widths)) > sum(map(len, plain_batches))  # really batched differently
     assert max(w for widths in plain_batches for w in widths) > 200
@@ -568,22 +532,8 @@ def test_reference_cache_is_reused_and_invalidated(models, rows, tmp_path, caplo
 
     def go(data: Path, *extra) -> tuple[dict, bool]:
         caplog.clear()
-        history = train(
-            policy,
-            data,
-            tmp_path / f"run{next(runs)}",
-            "--ref_model_name_or_path",
-            ref,
-            "--ref_logps_cache_dir",
-            cache,
-            "--learning_rate",
-            "0",
-            "--max_steps",
-            "1",
-            "--logging_steps",
-            "1",
-            *extra,
-        )
+        flags = ["--ref_model_name_or_path", ref, "--ref_logps_cache_dir", cache, *ONE_FIXED_STEP, *extra]
+        history = train(policy, data, tmp_path / f"run{next(runs)}", *flags)
         reused = any("reusing cached reference log-probs" in r.getMessage() for r in caplog.records)
         return next(e for e in history if "rewards/chosen" in e), reused
 

@@ -14,7 +14,18 @@ from types import MethodType
 import pytest
 import torch
 from accelerate.utils import convert_outputs_to_fp32
-from conftest import toy_pairs, write_jsonl
+from conftest import (
+    NO_TQDM,
+    QUIET_FLAGS,
+    batch_inputs,
+    log_history,
+    naive_completion_logps,
+    toy_pairs,
+    train_argv,
+    write_jsonl,
+)
+from conftest import evaluate as evaluate_cli
+from conftest import run_ok as run
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -26,47 +37,15 @@ from transformers import (
     RecurrentGemmaForCausalLM,
 )
 
-from tisdpo.cli import main
 from tisdpo.data.collate import PreferenceCollator
 from tisdpo.logprobs import chunked_head_is_exact, completion_logps, logit_postprocessing_field
 
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--per_device_eval_batch_size",
-    "16",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-    "--disable_tqdm",
-    "true",
-]
-
-
-def run(*args: object) -> None:
-    assert main([str(a) for a in args]) == 0
+COMMON = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *QUIET_FLAGS, *NO_TQDM]
 
 
 def evaluate(model: str | Path, data: str, out: Path, *extra: object) -> dict:
-    run(
-        "evaluate",
-        "--model_name_or_path",
-        model,
-        "--ref_model_name_or_path",
-        model,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        out,
-        *COMMON,
-        *extra,
-    )
-    return json.loads((out / "eval_results.json").read_text())
+    """`tisdpo evaluate` of MODEL against itself."""
+    return evaluate_cli(model, model, data, out, *COMMON, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +74,6 @@ def completion_batch(count: int = 4) -> dict[str, torch.Tensor]:
     return PreferenceCollator(pad_token_id=2, sides=("chosen",))(features)
 
 
-def naive_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Label log-probs from the model's own (B, T, V) logits, one token at a time."""
-    logp = torch.log_softmax(logits.float(), -1)
-    out = torch.zeros(batch["completion_mask"].shape)
-    for row in range(out.shape[0]):
-        start = int(batch["completion_start"][row])
-        for j in range(int(batch["completion_mask"][row].sum())):
-            out[row, j] = logp[row, start + j - 1, batch["input_ids"][row, start + j]]
-    return out
-
-
 # -- bf16 -------------------------------------------------------------------------------------------
 
 
@@ -122,13 +90,15 @@ def test_bf16_weights_under_mixed_precision_give_the_models_own_log_probs(bf16_m
         convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward.__func__)), model
     )
     batch = completion_batch()
-    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"])
+    inputs = batch_inputs(batch)
     chunked = completion_logps(model, *inputs, path="chunked", chunk_size=5)
     assert chunked_head_is_exact(model)  # the chunked path ran, not a fallback to the model's logits
     chunked.logps.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.dtype == torch.bfloat16
     with torch.no_grad():
-        own = naive_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+        own = naive_completion_logps(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch
+        )
     assert chunked.logps.dtype == torch.float32
     torch.testing.assert_close(chunked.logps.detach(), own, rtol=0, atol=2e-2)
 
@@ -139,32 +109,10 @@ def test_bf16_model_trains_and_evaluates_alike_on_both_paths(bf16_model_dir, sma
     for path in ("chunked", "logits"):
         out = tmp_path / path
         with caplog.at_level(logging.INFO, logger="tisdpo.logprobs"):
-            run(
-                "train",
-                "--model_name_or_path",
-                bf16_model_dir,
-                "--dataset_name",
-                train_file,
-                "--eval_dataset_name",
-                eval_file,
-                "--output_dir",
-                out,
-                "--dtype",
-                "bfloat16",
-                "--bf16",
-                "true",
-                "--use_cpu",  # bf16 autocast on the CPU (what transformers needs to allow it there)
-                "true",
-                "--max_steps",
-                "2",
-                "--learning_rate",
-                "1e-3",
-                "--logging_steps",
-                "1",
-                "--logprob_path",
-                path,
-                *COMMON,
-            )
+            # --use_cpu: bf16 autocast on the CPU (what transformers needs to allow it there)
+            flags = ["--eval_dataset_name", eval_file, "--dtype", "bfloat16", "--bf16", "true", "--use_cpu", "true"]
+            flags += ["--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--logprob_path", path]
+            run(*train_argv(bf16_model_dir, train_file, out, *flags, *COMMON))
         results[path] = json.loads((out / "all_results.json").read_text())
     assert "computed from its own logits" not in caplog.text  # the chunked run stayed on the chunked path
     chunked, logits = results["chunked"], results["logits"]
@@ -293,7 +241,7 @@ def test_probe_runs_once_per_model_and_leaves_its_state_alone(wrapper):
     frozen.eval()  # a submodule whose mode differs from its parent's keeps it
     calls = count_forwards(model)
     batch = completion_batch()
-    inputs = (batch["input_ids"], batch["attention_mask"], batch["completion_start"], batch["completion_mask"])
+    inputs = batch_inputs(batch)
     with torch.no_grad():
         completion_logps(model, *inputs)
     assert calls[0] == 4  # three probe forwards, then the batch's
@@ -334,23 +282,11 @@ def gpt2_with_dropout_dir(tiny_model_dir, tmp_path_factory) -> str:
 
 def rewards_at_learning_rate_zero(model_dir: str, data: str, out: Path, *extra: str) -> list[dict]:
     run(
-        "train",
-        "--model_name_or_path",
-        model_dir,
-        "--dataset_name",
-        data,
-        "--output_dir",
-        out,
-        "--learning_rate",
-        "0",
-        "--max_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        *COMMON,
-        *extra,
+        *train_argv(
+            model_dir, data, out, "--learning_rate", "0", "--max_steps", "2", "--logging_steps", "1", *COMMON, *extra
+        )
     )
-    return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "rewards/chosen" in e]
+    return log_history(out, "rewards/chosen")
 
 
 def test_dropout_is_off_in_the_policy_by_default(gpt2_with_dropout_dir, small_data, tmp_path):

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import NO_TQDM, QUIET_FLAGS, run_ok, train_argv, write_jsonl
 from safetensors.torch import load_file
-
-from tisdpo.cli import main
 
 FLAGS = [
     "--optim",
@@ -23,16 +21,8 @@ FLAGS = [
     "0",  # no clipping: it would hide part of a wrong gradient
     "--max_steps",
     "1",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-    "--disable_tqdm",
-    "true",
+    *QUIET_FLAGS,
+    *NO_TQDM,
 ]
 
 
@@ -56,27 +46,9 @@ def update(start: dict, end: dict) -> torch.Tensor:
 
 
 def train_once(model_dir: str, data: Path, out: Path, loss_type: str, batch: int, accumulation: int) -> dict:
-    assert (
-        main(
-            [
-                "train",
-                "--model_name_or_path",
-                model_dir,
-                "--dataset_name",
-                str(data),
-                "--output_dir",
-                str(out),
-                "--loss_type",
-                loss_type,
-                "--per_device_train_batch_size",
-                str(batch),
-                "--gradient_accumulation_steps",
-                str(accumulation),
-                *FLAGS,
-            ]
-        )
-        == 0
-    )
+    flags = ["--loss_type", loss_type, "--per_device_train_batch_size", batch]
+    flags += ["--gradient_accumulation_steps", accumulation]
+    run_ok(*train_argv(model_dir, data, out, *flags, *FLAGS))
     return load_file(out / "model.safetensors")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import evaluate, log_history, read_jsonl, run_cli, train_argv
 from transformers import AutoModelForCausalLM
 
 from tisdpo import losses, sparsepo
@@ -22,8 +22,24 @@ def logsig(x: float) -> float:
 def tokenized_pairs(model_dir: str, data_file: str, count: int) -> list:
     """The first ``count`` pairs of a file, tokenized as the trainer does (max_length 64)."""
     tokenizer = PairTokenizer(load_tokenizer(model_dir), max_length=64)
-    rows = [json.loads(line) for line in Path(data_file).read_text().splitlines()[:count]]
+    rows = read_jsonl(data_file)[:count]
     return [tokenizer.tokenize(row) for row in rows]
+
+
+def train_sparsepo(model_dir: str, data_file: str, out, *extra: str) -> list[dict]:
+    """`tisdpo train --loss_type sparsepo` with EXTRA, batches of 8 logged every step: the logged sparsity entries."""
+    flags = [
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--max_length",
+        "64",
+    ]
+    assert run_cli(*train_argv(model_dir, data_file, out, "--loss_type", "sparsepo", *extra, *flags)) == 0
+    return log_history(out, "sparsity/chosen")
 
 
 def head_inputs_and_logps(model, prompt: list[int], completion: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,49 +101,15 @@ def test_mask_head_starts_at_one_and_learns():
 def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir, toy_data_files, tmp_path):
     from safetensors.torch import load_file
 
-    from tisdpo.cli import main
-
     out = tmp_path / "sparsepo"
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--output_dir",
-        str(out),
-        "--loss_type",
-        "sparsepo",
-        "--sparsepo_mask",
-        "learned",
-    ]
-    args += [
-        "--max_steps",
-        "8",
-        "--learning_rate",
-        "5e-2",
-        "--per_device_train_batch_size",
-        "8",
-        "--save_strategy",
-        "no",
-        "--logging_steps",
-        "1",
-        "--max_length",
-        "64",
-        "--eval_dataset_name",
-        toy_data_files[1],
-        "--max_eval_samples",
-        "8",
-        "--per_device_eval_batch_size",
-        "8",
-    ]
-    assert main(args) == 0
+    flags = ["--sparsepo_mask", "learned", "--max_steps", "8", "--learning_rate", "5e-2"]
+    flags += ["--eval_dataset_name", toy_data_files[1], "--max_eval_samples", "8", "--per_device_eval_batch_size", "8"]
+    history = train_sparsepo(tiny_model_dir, toy_data_files[0], out, *flags)
     weights = load_file(out / "model.safetensors")
     assert (
         weights["sparsepo_mask_head.proj.bias"].item() != 1.0
         or weights["sparsepo_mask_head.proj.weight"].abs().sum() > 0
     )
-    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
     assert len(history) >= 8
     # The head starts at w = 0, b = 1: every mask is exactly 1 at the first step.
     for side in ("chosen", "rejected"):
@@ -154,38 +136,11 @@ def test_learned_mask_trains_with_the_policy_and_reports_sparsity(tiny_model_dir
 
 
 def test_reference_masks_train_and_report_sparsity(tiny_model_dir, toy_data_files, tmp_path):
-    from tisdpo.cli import main
-
     out = tmp_path / "sparsepo_ref"
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--output_dir",
-        str(out),
-        "--loss_type",
-        "sparsepo",
-        "--sparsepo_threshold",
-        "0.0025",  # the untrained model's p_ref are near 1/400: this one splits them (with 0.01 every mask is 0)
-    ]
-    args += [
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--save_strategy",
-        "no",
-        "--logging_steps",
-        "1",
-        "--max_length",
-        "64",
-        "--max_samples",
-        "8",  # one batch of all 8 pairs per step
-    ]
-    assert main(args) == 0
-    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "sparsity/chosen" in e]
+    # threshold: the untrained model's p_ref are near 1/400: this one splits them (with 0.01 every mask is 0);
+    # 8 samples: one batch of all 8 pairs per step
+    flags = ["--sparsepo_threshold", "0.0025", "--max_steps", "2", "--max_samples", "8"]
+    history = train_sparsepo(tiny_model_dir, toy_data_files[0], out, *flags)
     assert history
     for side in ("chosen", "rejected"):  # some masks are 0, some are not
         assert 0.0 < history[0][f"sparsity/{side}"] < 1.0 and history[0][f"masks/{side}_mean"] > 0.0
@@ -212,8 +167,6 @@ def test_evaluate_uses_the_saved_mask_head(tiny_model_dir, toy_data_files, tmp_p
     masks are all 1): sparsity and mask means against an independent computation with the saved head."""
     from safetensors.torch import load_file
 
-    from tisdpo.cli import main
-
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     head = sparsepo.attach_mask_head(model)
     generator = torch.Generator().manual_seed(0)
@@ -227,11 +180,9 @@ def test_evaluate_uses_the_saved_mask_head(tiny_model_dir, toy_data_files, tmp_p
     assert "sparsepo_mask_head.proj.weight" in weights
 
     out = tmp_path / "eval"
-    args = ["evaluate", "--model_name_or_path", str(saved), "--ref_model_name_or_path", tiny_model_dir]
-    args += ["--dataset_name", toy_data_files[1], "--max_samples", "8", "--per_device_eval_batch_size", "8"]
-    args += ["--loss_type", "sparsepo", "--sparsepo_mask", "learned", "--max_length", "64", "--output_dir", str(out)]
-    assert main(args) == 0
-    results = json.loads((out / "eval_results.json").read_text())
+    flags = ["--max_samples", "8", "--per_device_eval_batch_size", "8"]
+    flags += ["--loss_type", "sparsepo", "--sparsepo_mask", "learned", "--max_length", "64"]
+    results = evaluate(str(saved), tiny_model_dir, toy_data_files[1], out, *flags)
 
     w, b = weights["sparsepo_mask_head.proj.weight"].double(), weights["sparsepo_mask_head.proj.bias"].double()
     policy = AutoModelForCausalLM.from_pretrained(saved).eval()

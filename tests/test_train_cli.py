@@ -8,57 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import QUIET_FLAGS, evaluate, log_history, read_jsonl, train_argv, write_jsonl
+from conftest import run_cli as run
 from safetensors.torch import load_file
 
-from tisdpo.cli import main
 from tisdpo.config import TisdpoConfig
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.modeling import load_tokenizer
 
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--per_device_eval_batch_size",
-    "16",
-    "--save_strategy",
-    "no",
-    "--report_to",
-    "none",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-]
+COMMON = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *QUIET_FLAGS]
 
 
-def run(*args: str) -> int:
-    return main([str(a) for a in args])
-
-
-def eval_results(model: str, ref: str, data: str, out: Path, *extra: str) -> dict:
-    assert (
-        run(
-            "evaluate",
-            "--model_name_or_path",
-            model,
-            "--ref_model_name_or_path",
-            ref,
-            "--dataset_name",
-            data,
-            "--output_dir",
-            out,
-            *COMMON,
-            *extra,
-        )
-        == 0
-    )
-    return json.loads((out / "eval_results.json").read_text())
+def train(model: str | Path, data: str, out: Path, *extra: object) -> int:
+    """`tisdpo train` of MODEL on DATA into OUT with EXTRA and COMMON: the exit code."""
+    return run(*train_argv(model, data, out, *extra, *COMMON))
 
 
 def test_dpo_training_moves_heldout_margins_up(tiny_model_dir, toy_data_files, tmp_path):
     train_file, eval_file = toy_data_files
-    before = eval_results(tiny_model_dir, tiny_model_dir, eval_file, tmp_path / "before")
+    before = evaluate(tiny_model_dir, tiny_model_dir, eval_file, tmp_path / "before", *COMMON)
     assert set(before) >= {
         "eval_loss",
         "eval_rewards/chosen",
@@ -73,26 +41,11 @@ def test_dpo_training_moves_heldout_margins_up(tiny_model_dir, toy_data_files, t
 
     out = tmp_path / "dpo"
     assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            train_file,
-            "--output_dir",
-            out,
-            "--loss_type",
-            "dpo",
-            "--max_steps",
-            "24",
-            "--learning_rate",
-            "3e-3",
-            *COMMON,
-        )
+        train(tiny_model_dir, train_file, out, "--loss_type", "dpo", "--max_steps", "24", "--learning_rate", "3e-3")
         == 0
     )
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    after = eval_results(str(out), tiny_model_dir, eval_file, tmp_path / "after")
+    after = evaluate(str(out), tiny_model_dir, eval_file, tmp_path / "after", *COMMON)
     assert after["eval_rewards/margins"] > 1.0
     assert after["eval_rewards/accuracies"] > 0.9
     assert after["eval_loss"] < before["eval_loss"] - 0.2
@@ -101,7 +54,7 @@ def test_dpo_training_moves_heldout_margins_up(tiny_model_dir, toy_data_files, t
 def unit_weight_file(tiny_model_dir: str, train_file: str, path: Path) -> str:
     tokenizer = load_tokenizer(tiny_model_dir)
     pair_tokenizer = PairTokenizer(tokenizer, max_length=64)
-    rows = [json.loads(line) for line in Path(train_file).read_text().splitlines()]
+    rows = read_jsonl(train_file)
     for row in rows:
         pair = pair_tokenizer.tokenize(row)
         row["chosen_token_ids"], row["rejected_token_ids"] = (
@@ -116,41 +69,21 @@ def unit_weight_file(tiny_model_dir: str, train_file: str, path: Path) -> str:
 def test_tisdpo_with_unit_weights_trains_exactly_like_dpo(tiny_model_dir, toy_data_files, tmp_path):
     train_file, _ = toy_data_files
     weights_file = unit_weight_file(tiny_model_dir, train_file, tmp_path / "ones.jsonl")
-    args = [
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--max_steps",
-        "6",
-        "--learning_rate",
-        "1e-3",
-        *COMMON,
-    ]
-    assert (
-        run(
-            "train",
-            *args,
-            "--dataset_name",
-            train_file,
-            "--loss_type",
-            "dpo",
-            "--output_dir",
-            tmp_path / "dpo",
+    for data, loss_type, name in ((train_file, "dpo", "dpo"), (weights_file, "tisdpo", "tis")):
+        assert (
+            train(
+                tiny_model_dir,
+                data,
+                tmp_path / name,
+                "--loss_type",
+                loss_type,
+                "--max_steps",
+                "6",
+                "--learning_rate",
+                "1e-3",
+            )
+            == 0
         )
-        == 0
-    )
-    assert (
-        run(
-            "train",
-            *args,
-            "--dataset_name",
-            weights_file,
-            "--loss_type",
-            "tisdpo",
-            "--output_dir",
-            tmp_path / "tis",
-        )
-        == 0
-    )
     dpo, tis = (
         load_file(tmp_path / "dpo" / "model.safetensors"),
         load_file(tmp_path / "tis" / "model.safetensors"),
@@ -159,7 +92,7 @@ def test_tisdpo_with_unit_weights_trains_exactly_like_dpo(tiny_model_dir, toy_da
     assert not torch.equal(dpo["lm_head.weight"], start["lm_head.weight"])
     for name in dpo:
         assert torch.equal(dpo[name], tis[name]), name
-    metrics = json.loads((tmp_path / "tis" / "trainer_state.json").read_text())["log_history"]
+    metrics = log_history(tmp_path / "tis")
     assert any("weighted_rewards/margins" in entry for entry in metrics)
     # each saved model explains itself: a model card with the objective (and, for TIS-DPO, the weights)
     dpo_card, tis_card = ((tmp_path / name / "README.md").read_text() for name in ("dpo", "tis"))
@@ -168,19 +101,7 @@ def test_tisdpo_with_unit_weights_trains_exactly_like_dpo(tiny_model_dir, toy_da
 
 
 def test_tisdpo_without_weights_is_a_clear_error(tiny_model_dir, toy_data_files, tmp_path, capsys):
-    code = run(
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "tisdpo",
-        "--output_dir",
-        tmp_path,
-        *COMMON,
-    )
-    assert code == 1
+    assert train(tiny_model_dir, toy_data_files[0], tmp_path, "--loss_type", "tisdpo") == 1
     err = capsys.readouterr().err
     assert "train.jsonl:line 1 field 'chosen_weights': is missing" in err and "Traceback" not in err
 
@@ -190,27 +111,8 @@ def test_other_objectives_train_and_improve_accuracy(loss_type, tiny_model_dir, 
     train_file, eval_file = toy_data_files
     out = tmp_path / loss_type
     lr = "1e-2" if loss_type == "simpo" else "3e-3"
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            train_file,
-            "--eval_dataset_name",
-            eval_file,
-            "--output_dir",
-            out,
-            "--loss_type",
-            loss_type,
-            "--max_steps",
-            "16",
-            "--learning_rate",
-            lr,
-            *COMMON,
-        )
-        == 0
-    )
+    flags = ["--eval_dataset_name", eval_file, "--loss_type", loss_type, "--max_steps", "16", "--learning_rate", lr]
+    assert train(tiny_model_dir, train_file, out, *flags) == 0
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_rewards/accuracies"] > 0.8, results
     if loss_type == "tdpo2":
@@ -220,28 +122,9 @@ def test_other_objectives_train_and_improve_accuracy(loss_type, tiny_model_dir, 
 def test_sft_lowers_nll_of_chosen_responses(tiny_model_dir, toy_data_files, tmp_path):
     train_file, _ = toy_data_files
     out = tmp_path / "sft"
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            train_file,
-            "--output_dir",
-            out,
-            "--loss_type",
-            "sft",
-            "--max_steps",
-            "20",
-            "--learning_rate",
-            "5e-3",
-            "--logging_steps",
-            "5",
-            *COMMON,
-        )
-        == 0
-    )
-    history = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    flags = ["--loss_type", "sft", "--max_steps", "20", "--learning_rate", "5e-3", "--logging_steps", "5"]
+    assert train(tiny_model_dir, train_file, out, *flags) == 0
+    history = log_history(out, "loss")
     assert float(history[-1]["loss"]) < float(history[0]["loss"]) - 0.5
 
 
@@ -279,76 +162,32 @@ def test_yaml_config_with_flag_override_and_unknown_keys(tiny_model_dir, toy_dat
 
 
 def test_missing_or_incomplete_model_folder(tmp_path, toy_data_files, capsys):
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tmp_path / "nothing",
-            "--dataset_name",
-            toy_data_files[0],
-            "--output_dir",
-            tmp_path / "o",
-        )
-        == 1
-    )
+    assert run(*train_argv(tmp_path / "nothing", toy_data_files[0], tmp_path / "o")) == 1
     assert (
         "nothing: tokenizer folder not found (expected a save_pretrained folder or a hub id)" in capsys.readouterr().err
     )
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     (tmp_path / "half" / "tokenizer.json").write_text("{}")
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tmp_path / "half",
-            "--dataset_name",
-            toy_data_files[0],
-            "--output_dir",
-            tmp_path / "o",
-        )
-        == 1
-    )
+    assert run(*train_argv(tmp_path / "half", toy_data_files[0], tmp_path / "o")) == 1
     err = capsys.readouterr().err
     assert "half: could not load the tokenizer" in err and "Traceback" not in err
 
 
 def test_precomputed_reference_trains_like_a_live_reference_model(tiny_model_dir, toy_data_files, tmp_path):
     """The precompute fast path is exact: same final weights as running the reference every step."""
-    train_file, _ = toy_data_files
-    args = [
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        train_file,
-        "--max_steps",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        *COMMON,
-    ]
     for name, flag in (("pre", "true"), ("live", "false")):
-        assert run("train", *args, "--output_dir", tmp_path / name, "--precompute_ref_log_probs", flag) == 0
+        flags = ["--max_steps", "4", "--learning_rate", "1e-3", "--precompute_ref_log_probs", flag]
+        assert train(tiny_model_dir, toy_data_files[0], tmp_path / name, *flags) == 0
     pre, live = load_file(tmp_path / "pre" / "model.safetensors"), load_file(tmp_path / "live" / "model.safetensors")
     for name in pre:
         torch.testing.assert_close(pre[name], live[name], rtol=1e-5, atol=1e-6)
 
 
 def test_logits_path_trains_like_the_chunked_path(tiny_model_dir, toy_data_files, tmp_path):
-    train_file, _ = toy_data_files
-    args = [
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        train_file,
-        "--max_steps",
-        "4",
-        "--learning_rate",
-        "1e-3",
-        *COMMON,
-    ]
     for path in ("chunked", "logits"):
-        assert run("train", *args, "--output_dir", tmp_path / path, "--logprob_path", path) == 0
+        flags = ["--max_steps", "4", "--learning_rate", "1e-3", "--logprob_path", path]
+        assert train(tiny_model_dir, toy_data_files[0], tmp_path / path, *flags) == 0
     chunked, logits = (
         load_file(tmp_path / "chunked" / "model.safetensors"),
         load_file(tmp_path / "logits" / "model.safetensors"),
@@ -358,31 +197,16 @@ def test_logits_path_trains_like_the_chunked_path(tiny_model_dir, toy_data_files
 
 
 def first_logged(out: Path) -> dict:
-    return next(e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "rewards/chosen" in e)
+    return log_history(out, "rewards/chosen")[0]
 
 
 def test_simpo_trains_with_its_own_default_beta_unless_given(tiny_model_dir, toy_data_files, tmp_path, caplog):
     """SimPO's rewards are beta * mean token log-prob: with no update, 2.0 (SimPO's default) against 0.5 is 4x."""
-    args = [
-        "train",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--dataset_name",
-        toy_data_files[0],
-        "--loss_type",
-        "simpo",
-        "--learning_rate",
-        "0",
-        "--max_steps",
-        "1",
-        "--logging_steps",
-        "1",
-        *COMMON,
-    ]
+    flags = ["--loss_type", "simpo", "--learning_rate", "0", "--max_steps", "1", "--logging_steps", "1"]
     with caplog.at_level(logging.INFO, logger="tisdpo.config"):
-        assert run(*args, "--output_dir", tmp_path / "default") == 0
+        assert train(tiny_model_dir, toy_data_files[0], tmp_path / "default", *flags) == 0
     assert "loss_type simpo: beta 2.0 (SimPO's default; set --beta to change)" in caplog.text
-    assert run(*args, "--output_dir", tmp_path / "given", "--beta", "0.5") == 0
+    assert train(tiny_model_dir, toy_data_files[0], tmp_path / "given", *flags, "--beta", "0.5") == 0
     default, given = first_logged(tmp_path / "default"), first_logged(tmp_path / "given")
     assert given["rewards/chosen"] < -0.1
     assert default["rewards/chosen"] == pytest.approx(4 * given["rewards/chosen"], rel=1e-6)

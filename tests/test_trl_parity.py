@@ -42,6 +42,7 @@ from tisdpo.config import TisdpoConfig  # noqa: E402
 from tisdpo.data.formats import RawRecords  # noqa: E402
 from tisdpo.data.prepare import prepare_pairs  # noqa: E402
 from tisdpo.data.tokenize import PairTokenizer  # noqa: E402
+from tisdpo.logprobs import unshared  # noqa: E402
 from tisdpo.trainer import PreferenceTrainer  # noqa: E402
 
 PAIRS = toy_pairs(6, seed=3)
@@ -200,7 +201,7 @@ def test_token_ids_match_trl(tiny_model_dir, tmp_path):
         assert mine["prompt_input_ids"][0] == bos
         assert mine["chosen_input_ids"][-1] == eos and mine["rejected_input_ids"][-1] == eos
     trl_batch = trl.data_collator(trl_rows)
-    our_batch = ours.data_collator(features)
+    our_batch = unshared(ours.data_collator(features))  # ours computes each prompt once: the same rows, unshared
     assert sequences_trl(trl_batch) == sequences_ours(our_batch)
     assert trl_batch["input_ids"].shape == our_batch["input_ids"].shape
 
@@ -221,7 +222,8 @@ def test_loss_and_metrics_match_trl(tiny_model_dir, tmp_path, loss_type, logprob
         stop = start + pairs_per_batch
         trl_batch = trl.data_collator(trl_rows[start:stop])
         our_batch = ours.data_collator(features[start:stop])
-        assert sequences_trl(trl_batch) == sequences_ours(our_batch)
+        assert "position_ids" in our_batch  # the shared-prompt layout, against TRL's one row per response
+        assert sequences_trl(trl_batch) == sequences_ours(unshared(our_batch))
 
         trl_loss, trl_metrics = trl_step(trl, trl_batch)
         our_loss, our_metrics = our_step(ours, our_batch)

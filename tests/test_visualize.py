@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-from conftest import toy_pairs, write_jsonl
+from conftest import prompt_weights_args, read_jsonl, toy_pairs, write_jsonl
 
 from tisdpo.cli import main
 
@@ -30,27 +30,10 @@ class SpanCounter(HTMLParser):
 def test_visualize_weights_file(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_pairs(5, seed=9))
     weights = tmp_path / "w.jsonl"
-    assert (
-        main(
-            [
-                "weights",
-                "--model_name_or_path",
-                tiny_model_dir,
-                "--positive_prompt",
-                "harmless",
-                "--negative_prompt",
-                "harmful",
-                "--dataset_name",
-                str(data),
-                "--output_file",
-                str(weights),
-            ]
-        )
-        == 0
-    )
+    assert main(prompt_weights_args(tiny_model_dir, data, weights)) == 0
     out = tmp_path / "vis"
     assert main(["visualize", "--weights_file", str(weights), "--output_dir", str(out)]) == 0
-    rows = [json.loads(line) for line in weights.read_text().splitlines()]
+    rows = read_jsonl(weights)
 
     parser = SpanCounter()
     parser.feed((out / "heatmap.html").read_text())

@@ -8,32 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_pairs, write_jsonl
+from conftest import log_history, prompt_weights_args, read_jsonl, toy_pairs, train_argv, write_jsonl
+from conftest import run_cli as run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tisdpo.cli import main
 from tisdpo.weights.prompts import PRESETS
 from tisdpo.weights.transforms import WeightTransformConfig, transform_pair
 
 SIDES = ("chosen", "rejected")
-COMMON = [
-    "--per_device_train_batch_size",
-    "8",
-    "--save_strategy",
-    "no",
-    "--seed",
-    "0",
-    "--max_length",
-    "64",
-]
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+COMMON = ["--per_device_train_batch_size", "8", "--save_strategy", "no", "--seed", "0", "--max_length", "64"]
 
 
 def naive_logps(model_dir: str, context_text: str, response: str) -> tuple[list[int], list[float]]:
@@ -55,26 +38,7 @@ def small_data(tmp_path_factory) -> str:
 
 def test_prompt_based_rewards_match_independent_computation(tiny_model_dir, small_data, tmp_path):
     out = tmp_path / "p.jsonl"
-    assert (
-        run(
-            "weights",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--positive_prompt",
-            "harmless",
-            "--negative_prompt",
-            "harmful",
-            "--dataset_name",
-            small_data,
-            "--output_file",
-            out,
-            "--rows_per_part",
-            "5",
-            "--batch_size",
-            "3",
-        )
-        == 0
-    )
+    assert run(*prompt_weights_args(tiny_model_dir, small_data, out, "--rows_per_part", "5", "--batch_size", "3")) == 0
     rows = read_jsonl(out)
     source = read_jsonl(Path(small_data))
     assert len(rows) == len(source)
@@ -104,24 +68,10 @@ def test_prompt_based_rewards_match_independent_computation(tiny_model_dir, smal
 def test_custom_template_prompt(tiny_model_dir, small_data, tmp_path):
     out = tmp_path / "t.jsonl"
     template_pos, template_neg = "Good answer to: {prompt}", "Bad answer to: {prompt}"
-    assert (
-        run(
-            "weights",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--positive_prompt",
-            template_pos,
-            "--negative_prompt",
-            template_neg,
-            "--dataset_name",
-            small_data,
-            "--output_file",
-            out,
-            "--max_samples",
-            "2",
-        )
-        == 0
+    argv = prompt_weights_args(
+        tiny_model_dir, small_data, out, "--max_samples", "2", positive=template_pos, negative=template_neg
     )
+    assert run(*argv) == 0
     row = read_jsonl(out)[0]
     _, pos = naive_logps(tiny_model_dir, template_pos.replace("{prompt}", row["prompt"]), row["chosen"])
     _, neg = naive_logps(tiny_model_dir, template_neg.replace("{prompt}", row["prompt"]), row["chosen"])
@@ -129,26 +79,8 @@ def test_custom_template_prompt(tiny_model_dir, small_data, tmp_path):
 
 
 def train(model: str, data: str, out: Path, loss_type: str, *extra: str) -> str:
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            model,
-            "--dataset_name",
-            data,
-            "--output_dir",
-            out,
-            "--loss_type",
-            loss_type,
-            "--max_steps",
-            "6",
-            "--learning_rate",
-            "3e-3",
-            *COMMON,
-            *extra,
-        )
-        == 0
-    )
+    flags = ["--loss_type", loss_type, "--max_steps", "6", "--learning_rate", "3e-3", *COMMON, *extra]
+    assert run(*train_argv(model, data, out, *flags)) == 0
     return str(out)
 
 
@@ -187,23 +119,7 @@ def test_two_model_sources_end_to_end(method, transform, tiny_model_dir, toy_dat
     assert mean("chosen_token_rewards") > mean("rejected_token_rewards")
     # and the file trains directly
     tis = tmp_path / "tis"
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--dataset_name",
-            out,
-            "--loss_type",
-            "tisdpo",
-            "--output_dir",
-            tis,
-            "--max_steps",
-            "2",
-            *COMMON,
-        )
-        == 0
-    )
+    assert run(*train_argv(tiny_model_dir, out, tis, "--loss_type", "tisdpo", "--max_steps", "2", *COMMON)) == 0
     config = WeightTransformConfig(name=transform)
     for index, row in enumerate(rows):
         chosen, rejected = transform_pair(row["chosen_token_rewards"], row["rejected_token_rewards"], config, index)
@@ -214,44 +130,17 @@ def test_two_model_sources_end_to_end(method, transform, tiny_model_dir, toy_dat
     longest = max(len(tokenizer(r["prompt"])["input_ids"]) + len(r[f"{s}_token_ids"]) for r in rows for s in SIDES)
     assert longest <= 64 and len(rows) == 12
     expected = sum(sum(row["chosen_weights"]) for row in rows) / sum(len(row["chosen_weights"]) for row in rows)
-    history = json.loads((tis / "trainer_state.json").read_text())["log_history"]
+    history = log_history(tis)
     assert history[-1]["weights/chosen_mean"] == pytest.approx(expected, abs=1e-6)
     assert abs(expected - 1) > 1e-3
 
 
 def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_data, tmp_path):
     first = tmp_path / "first.jsonl"
-    assert (
-        run(
-            "weights",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--positive_prompt",
-            "helpful",
-            "--negative_prompt",
-            "unhelpful",
-            "--dataset_name",
-            small_data,
-            "--output_file",
-            first,
-        )
-        == 0
-    )
+    assert run(*prompt_weights_args(tiny_model_dir, small_data, first, positive="helpful", negative="unhelpful")) == 0
     second = tmp_path / "second.jsonl"
-    assert (
-        run(
-            "weights",
-            "--from_rewards",
-            first,
-            "--weight_transform",
-            "binary",
-            "--weight_binary_top_fraction",
-            "0.25",
-            "--output_file",
-            second,
-        )
-        == 0
-    )
+    rederive = ["--weight_transform", "binary", "--weight_binary_top_fraction", "0.25", "--output_file", second]
+    assert run("weights", "--from_rewards", first, *rederive) == 0
     config = WeightTransformConfig(name="binary", binary_top_fraction=0.25)
     for index, (a, b) in enumerate(zip(read_jsonl(first), read_jsonl(second))):
         assert a["chosen_token_rewards"] == b["chosen_token_rewards"]
@@ -266,21 +155,11 @@ def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_dat
 
 
 def test_interrupted_scoring_resumes_to_the_same_output(tiny_model_dir, small_data, tmp_path, monkeypatch):
-    args = [
-        "weights",
-        "--model_name_or_path",
-        tiny_model_dir,
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        small_data,
-        "--rows_per_part",
-        "4",
-    ]
+    def args(out: Path) -> list[str]:
+        return prompt_weights_args(tiny_model_dir, small_data, out, "--rows_per_part", "4")
+
     reference = tmp_path / "ref.jsonl"
-    assert run(*args, "--output_file", reference) == 0
+    assert run(*args(reference)) == 0
 
     import tisdpo.weights.estimate as estimate
 
@@ -294,10 +173,10 @@ def test_interrupted_scoring_resumes_to_the_same_output(tiny_model_dir, small_da
 
     out = tmp_path / "out.jsonl"
     monkeypatch.setattr(estimate, "score_part", crash_on_third_part)
-    assert run(*args, "--output_file", out) == 130
+    assert run(*args(out)) == 130
     assert not out.exists() and len(list(Path(str(out) + ".parts").glob("part-*.jsonl"))) == 2
     calls.clear()
-    assert run(*args, "--output_file", out) == 0
+    assert run(*args(out)) == 0
     assert len(calls) == 1  # only the missing part was scored again
     assert out.read_text() == reference.read_text()
 
@@ -314,54 +193,13 @@ def test_weights_made_with_another_tokenizer_are_refused(tiny_model_dir, small_d
     )
     build_tiny_llama(tokenizer, str(other), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
     out = tmp_path / "w.jsonl"
-    assert (
-        run(
-            "weights",
-            "--model_name_or_path",
-            tiny_model_dir,
-            "--positive_prompt",
-            "harmless",
-            "--negative_prompt",
-            "harmful",
-            "--dataset_name",
-            small_data,
-            "--output_file",
-            out,
-        )
-        == 0
-    )
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            other,
-            "--dataset_name",
-            out,
-            "--loss_type",
-            "tisdpo",
-            "--output_dir",
-            tmp_path / "t",
-            *COMMON,
-        )
-        == 1
-    )
+    assert run(*prompt_weights_args(tiny_model_dir, small_data, out)) == 0
+    train_on_other = ["train", "--model_name_or_path", other, "--dataset_name", out, "--loss_type", "tisdpo"]
+    train_on_other += ["--output_dir", tmp_path / "t", *COMMON]
+    assert run(*train_on_other) == 1
     assert "was made with another tokenizer" in capsys.readouterr().err
     Path(str(out) + ".meta.json").unlink()  # without provenance, the token ids still catch it
-    assert (
-        run(
-            "train",
-            "--model_name_or_path",
-            other,
-            "--dataset_name",
-            out,
-            "--loss_type",
-            "tisdpo",
-            "--output_dir",
-            tmp_path / "t",
-            *COMMON,
-        )
-        == 1
-    )
+    assert run(*train_on_other) == 1
     assert "field 'chosen_token_ids': token ids differ from this tokenizer's completion ids" in capsys.readouterr().err
 
 
@@ -399,26 +237,9 @@ def test_bad_weight_arguments(args, message, tiny_model_dir, small_data, tmp_pat
     assert message in capsys.readouterr().err
 
 
-def p_weights(model: str, data, out, *extra) -> list[str]:
-    return [
-        "weights",
-        "--model_name_or_path",
-        str(model),
-        "--positive_prompt",
-        "harmless",
-        "--negative_prompt",
-        "harmful",
-        "--dataset_name",
-        str(data),
-        "--output_file",
-        str(out),
-        *[str(a) for a in extra],
-    ]
-
-
 def test_reverse_pairs_is_refused_with_the_equivalent_way(tiny_model_dir, small_data, tmp_path, capsys):
     out = tmp_path / "w.jsonl"
-    assert run(*p_weights(tiny_model_dir, small_data, out, "--reverse_pairs", "true")) == 1
+    assert run(*prompt_weights_args(tiny_model_dir, small_data, out, "--reverse_pairs", "true")) == 1
     assert capsys.readouterr().err.strip() == (
         "tisdpo weights: error: --reverse_pairs: tisdpo weights scores the pairs as the file has them; score them "
         "without it, then train on the weights file with --reverse_pairs true, which swaps texts, token ids, rewards "
@@ -429,15 +250,13 @@ def test_reverse_pairs_is_refused_with_the_equivalent_way(tiny_model_dir, small_
     # contrast (harmful vs harmless) gives the reversed pairs.
     from tisdpo.data.formats import FormatOptions, normalize_row
 
-    assert run(*p_weights(tiny_model_dir, small_data, out)) == 0
+    assert run(*prompt_weights_args(tiny_model_dir, small_data, out)) == 0
     pairs = read_jsonl(Path(small_data))
     swapped_data = write_jsonl(
         tmp_path / "swapped.jsonl", [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in pairs]
     )
     reversed_out = tmp_path / "reversed.jsonl"
-    argv = p_weights(tiny_model_dir, swapped_data, reversed_out)
-    positive, negative = argv.index("harmless"), argv.index("harmful")
-    argv[positive], argv[negative] = "harmful", "harmless"
+    argv = prompt_weights_args(tiny_model_dir, swapped_data, reversed_out, positive="harmful", negative="harmless")
     assert run(*argv) == 0
     for row, expected in zip(read_jsonl(out), read_jsonl(reversed_out)):
         as_trained = normalize_row(row, FormatOptions(reverse=True), str(out), "line")
@@ -510,7 +329,7 @@ def test_resume_after_an_option_changed_equals_a_fresh_run(option, tiny_model_di
         return real(*a, **k)
 
     monkeypatch.setattr(estimate, "score_part", stop_after_two_parts)
-    assert run(*p_weights(model, data, out, "--rows_per_part", "2", *before)) == 130
+    assert run(*prompt_weights_args(model, data, out, "--rows_per_part", "2", *before)) == 130
     parts = sorted(Path(f"{out}.parts").glob("part-*.jsonl"))
     assert len(parts) == 2
     stale = [json.loads(line)["result"] for part in parts for line in part.read_text().splitlines()]
@@ -518,11 +337,11 @@ def test_resume_after_an_option_changed_equals_a_fresh_run(option, tiny_model_di
     if option == "model_files":
         perturb_model_in_place(model)
     fresh = tmp_path / "fresh.jsonl"
-    assert run(*p_weights(model, data, fresh, "--rows_per_part", "2", *after)) == 0
+    assert run(*prompt_weights_args(model, data, fresh, "--rows_per_part", "2", *after)) == 0
     # the option does change what the parts hold ...
     columns = ("chosen_token_ids", "rejected_token_ids", "chosen_token_rewards", "rejected_token_rewards")
     fresh_results = [{c: row[c] for c in columns} for row in read_jsonl(fresh)]
     assert stale != fresh_results[: len(stale)]
     # ... so the resumed run must not reuse it
-    assert run(*p_weights(model, data, out, "--rows_per_part", "2", *after)) == 0
+    assert run(*prompt_weights_args(model, data, out, "--rows_per_part", "2", *after)) == 0
     assert out.read_text() == fresh.read_text()

@@ -25,7 +25,7 @@ from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.evaluation.generation import eos_token_ids, sample_responses
 from tisdpo.evaluation.prompts import PromptItem, load_prompts
 from tisdpo.modeling import distributed_state, load_model, load_tokenizer_for
-from tisdpo.scoring import score_sequences
+from tisdpo.scoring import score_groups
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 
 if TYPE_CHECKING:
@@ -49,29 +49,27 @@ def dlma_scores(
 ) -> list[float | None]:
     """R for each pair (None when truncation leaves no completion token), teacher-forced on the trainer's
     completion ids under each contrastive prompt."""
-    sequences, scored = [], []
+    positive_groups, negative_groups, scored = [], [], []
     for index, row in enumerate(rows):
         pair = pair_tokenizer.tokenize(row)
         if pair is None:
             continue
-        pos = pair_tokenizer.contrast_context(row, positive.apply, pair).ids
-        neg = pair_tokenizer.contrast_context(row, negative.apply, pair).ids
-        sequences += [
-            (pos, pair.chosen_ids),
-            (neg, pair.chosen_ids),
-            (pos, pair.rejected_ids),
-            (neg, pair.rejected_ids),
-        ]
+        responses = [pair.chosen_ids, pair.rejected_ids]
+        positive_groups.append((pair_tokenizer.contrast_context(row, positive.apply, pair).ids, responses))
+        negative_groups.append((pair_tokenizer.contrast_context(row, negative.apply, pair).ids, responses))
         scored.append(index)
-    logps = [
-        sum(values)
-        for values in score_sequences(
-            model, sequences, pair_tokenizer.tokenizer.pad_token_id, batch_size, progress=False
-        )
-    ]
+    pad = pair_tokenizer.tokenizer.pad_token_id
+    # Each contrastive context once for both responses: per pair, [log p(chosen), log p(rejected)].
+    positive_logps, negative_logps = (
+        [
+            [sum(logps) for logps in group]
+            for group in score_groups(model, groups, pad, max(1, batch_size // 2), progress=False)
+        ]
+        for groups in (positive_groups, negative_groups)
+    )
     scores: list[float | None] = [None] * len(rows)
-    for k, index in enumerate(scored):
-        scores[index] = (logps[4 * k] - logps[4 * k + 1]) - (logps[4 * k + 2] - logps[4 * k + 3])
+    for index, (pos, neg) in zip(scored, zip(positive_logps, negative_logps)):
+        scores[index] = (pos[0] - neg[0]) - (pos[1] - neg[1])
     return scores
 
 

@@ -11,18 +11,25 @@ gather of the label logit minus a logsumexp. Used when the full distribution is 
 terms) and for every model whose logits are not exactly ``hidden @ W^T``: the chunked path is taken
 only for a model that passes :func:`chunked_head_is_exact` (a config check, then a probe run once
 per model), so soft-capped or scaled logits are never silently computed without their cap.
+
+:func:`batch_logps` takes a collated batch in either layout of ``data.collate``: for the shared-prompt layout
+(each prompt once, before all its completions) it runs one forward with a custom 4D attention mask and restarted
+position ids, for a model that passes :func:`shared_prompt_is_exact`; the result is the same ``CompletionLogps``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tisdpo.data.collate import SHARED_LAYOUT_KEYS, shared_prompt_layout
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +295,20 @@ def chunked_head_is_exact(model: nn.Module) -> bool:
     return reason is None
 
 
+def laid_out(
+    completion_mask: torch.Tensor,
+    token_logps: torch.Tensor,
+    mean_logits: torch.Tensor,
+    logits: torch.Tensor | None,
+    hidden: torch.Tensor | None,
+) -> CompletionLogps:
+    """Per-token values in mask order (N,) put into the ``(rows, max_completion_length)`` layout."""
+    shape, device = completion_mask.shape, completion_mask.device
+    logps = torch.zeros(shape, dtype=torch.float32, device=device).masked_scatter(completion_mask, token_logps)
+    means = torch.zeros(shape, dtype=torch.float32, device=device).masked_scatter(completion_mask, mean_logits)
+    return CompletionLogps(logps, means, completion_mask, logits, hidden)
+
+
 def completion_logps(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -308,45 +329,280 @@ def completion_logps(
     labels = input_ids[rows, positions + 1]
     # The last position any row needs; the rest is padding the model need not see.
     used = int((completion_start + completion_mask.sum(-1)).max())
-    input_ids, attention_mask = input_ids[:, :used], attention_mask[:, :used]
+    inputs = {"input_ids": input_ids[:, :used], "attention_mask": attention_mask[:, :used]}
+    first = int(completion_start.min()) - 1
+    return forward_logps(
+        model, inputs, rows, positions, labels, completion_mask, path, chunk_size, return_logits, return_hidden, first
+    )
+
+
+def forward_logps(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    labels: torch.Tensor,
+    completion_mask: torch.Tensor,
+    path: str,
+    chunk_size: int,
+    return_logits: bool,
+    return_hidden: bool,
+    first: int | None = None,
+) -> CompletionLogps:
+    """One forward on ``inputs``; the token at mask order n is ``labels[n]``, predicted at ``(rows, positions)[n]``.
+
+    The logits path keeps only the logits it needs: from column ``first`` on (``logits_to_keep`` as a count),
+    or, when ``first`` is None, the columns that appear in ``positions`` (``logits_to_keep`` as indices).
+    """
     hidden_at_completion = None
+    logits = None
     if path == "chunked" and not return_logits and chunked_head_is_exact(model):
         with head_as_identity(model) as head:
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            hidden = model(**inputs, use_cache=False).logits
         hidden_at_completion = hidden[rows, positions]
         # Under mixed precision the model's outputs come back in fp32 while a bf16 model's head stays bf16:
         # the head runs in its weight's dtype, as it would inside the model.
         token_logps, mean_logits = ChunkedLinearLogProb.apply(
             hidden_at_completion.to(head.weight.dtype), head.weight, labels, chunk_size
         )
-        logits = None
     else:
-        first = int(completion_start.min()) - 1
+        if first is not None:
+            keep: int | torch.Tensor = inputs["input_ids"].shape[1] - first
+            kept_positions = positions - first
+        else:
+            keep, kept_positions = torch.unique(positions, return_inverse=True)
         captured: list[torch.Tensor] = []
         head = unwrap(model).get_output_embeddings()
         hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0])) if return_hidden else None
         try:
-            outputs = model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=used - first
-            )
+            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
         finally:
             if hook is not None:
                 hook.remove()
-        logits = outputs.logits[rows, positions - first]
+        logits = outputs.logits[rows, kept_positions]
         if return_hidden:
-            hidden_at_completion = captured[0][rows, positions - first]
+            hidden_at_completion = captured[0][rows, kept_positions]
         token_logps, mean_logits = gather_label_logps(logits, labels, chunk_size)
-    shape = completion_mask.shape
-    logps = torch.zeros(shape, dtype=torch.float32, device=input_ids.device).masked_scatter(
-        completion_mask, token_logps
-    )
-    means = torch.zeros(shape, dtype=torch.float32, device=input_ids.device).masked_scatter(
-        completion_mask, mean_logits
-    )
-    return CompletionLogps(
-        logps,
-        means,
+    return laid_out(
         completion_mask,
+        token_logps,
+        mean_logits,
         logits if return_logits else None,
         hidden_at_completion if return_hidden else None,
+    )
+
+
+# -- the shared-prompt layout ------------------------------------------------------------------
+# Each prompt is computed once for all its completions (Wang & Hegde 2024, "Accelerating Direct Preference
+# Optimization with Prefix Sharing"): see ``data.collate`` for the layout. The model gets a custom 4D mask and
+# restarted position ids, which only some models and attention implementations honour: the shared forward is
+# used for a model that passes :func:`shared_prompt_is_exact` (a config check, then a probe run once per model);
+# for any other, a shared-prompt batch is rewritten on the device into the unshared layout (:func:`unshared`).
+
+# Attention implementations that take a custom 4D mask as it is (flash attention takes none; flex a BlockMask).
+SHARED_PROMPT_ATTENTION = ("sdpa", "eager")
+
+
+def is_shared_layout(batch: Mapping[str, torch.Tensor]) -> bool:
+    return "completion_offset" in batch
+
+
+def shared_positions(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices (into ``input_ids.flatten()``), in mask order, of each completion token and of the hidden state
+    that predicts it: the previous token of its completion, or, for the first, the last token of its prompt."""
+    completion, column = batch["completion_mask"].nonzero(as_tuple=True)
+    token = batch["completion_offset"][completion] + column
+    prompt_last = batch["prompt_offset"][completion] + batch["prompt_length"][completion] - 1
+    return torch.where(column == 0, prompt_last, token - 1), token
+
+
+def shared_attention_mask(group_ids: torch.Tensor, side_ids: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """(R, 1, W, W) mask: a token sees the earlier tokens of its group that are prompt tokens or of its own side.
+
+    Boolean (True = attend) when ``dtype`` is None, else additive in ``dtype`` (0 or its most negative value), as
+    eager attention adds it to the scores. Every query sees at least itself (padding sees earlier padding), so no
+    softmax row is empty: no NaN, in values or gradients.
+    """
+    width = group_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=group_ids.device).tril()
+    same_group = group_ids[:, :, None] == group_ids[:, None, :]
+    visible_side = (side_ids[:, None, :] == 0) | (side_ids[:, :, None] == side_ids[:, None, :])
+    allowed = (causal & same_group & visible_side)[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def attention_implementation(model: nn.Module) -> str | None:
+    return getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+
+
+def shared_model_inputs(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``position_ids`` and the 4D mask, in the form the model's attention takes."""
+    base = unwrap(model)
+    embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
+    mask_dtype = None if attention_implementation(model) == "sdpa" else dtype
+    return {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "attention_mask": shared_attention_mask(batch["group_ids"], batch["side_ids"], mask_dtype),
+    }
+
+
+def shared_completion_logps(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    path: str = "chunked",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    return_logits: bool = False,
+    return_hidden: bool = False,
+) -> CompletionLogps:
+    """:func:`completion_logps` of a shared-prompt batch, in one forward of every row (no capability check)."""
+    predictors, tokens = shared_positions(batch)
+    labels = batch["input_ids"].flatten()[tokens]
+    width = batch["input_ids"].shape[1]
+    rows, positions = predictors // width, predictors % width
+    return forward_logps(
+        model,
+        shared_model_inputs(model, batch),
+        rows,
+        positions,
+        labels,
+        batch["completion_mask"],
+        path,
+        chunk_size,
+        return_logits,
+        return_hidden,
+    )
+
+
+def unshared(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A shared-prompt batch rewritten, on its device, into the unshared layout (``prompt + completion`` a row)."""
+    completion_mask = batch["completion_mask"]
+    prompt_length, completion_length = batch["prompt_length"], completion_mask.sum(-1)
+    total = prompt_length + completion_length
+    column = torch.arange(int(total.max()), device=total.device)[None, :]
+    in_prompt = column < prompt_length[:, None]
+    source = torch.where(
+        in_prompt,
+        batch["prompt_offset"][:, None] + column,
+        batch["completion_offset"][:, None] + column - prompt_length[:, None],
+    )
+    valid = column < total[:, None]
+    flat_ids = batch["input_ids"].flatten()
+    rewritten = {key: value for key, value in batch.items() if key not in SHARED_LAYOUT_KEYS}
+    rewritten["input_ids"] = flat_ids[torch.where(valid, source, 0)]  # padding repeats token 0: it is masked
+    rewritten["attention_mask"] = valid.long()
+    rewritten["completion_start"] = prompt_length
+    return rewritten
+
+
+def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
+    """The cheap check: why the model cannot take a custom 4D mask with restarted positions, or None."""
+    base = unwrap(model)
+    implementation = attention_implementation(model)
+    if implementation not in SHARED_PROMPT_ATTENTION:
+        return f"its attention implementation {implementation!r} takes no custom 4D mask"
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "position_ids" not in parameters:
+        return "its forward takes no position_ids"
+    for sub_config in configs_of(getattr(base, "config", None)):
+        if getattr(sub_config, "sliding_window", None) and getattr(sub_config, "use_sliding_window", True):
+            return "its config sets a sliding window"
+        layer_types = set(getattr(sub_config, "layer_types", None) or ())
+        if layer_types - {"full_attention"}:
+            return f"its layers are not all full attention ({', '.join(sorted(layer_types))})"
+    return None
+
+
+def probe_groups(vocab: int) -> list[tuple[list[int], list[list[int]]]]:
+    """Three groups of distinct token ids spread over the vocabulary: two fill a packed row, one has padding."""
+    ids = torch.linspace(0, vocab - 1, 24).long().tolist()
+    return [
+        (ids[0:4], [ids[4:7], ids[7:9]]),
+        (ids[9:11], [ids[11:13], ids[13:16]]),
+        (ids[16:19], [ids[19:21], ids[21:22]]),
+    ]
+
+
+@torch.no_grad()
+def probe_shared_prompt_mismatch(model: nn.Module) -> str | None:
+    """Why the shared-prompt forward would not reproduce this model's log-probs, or None when it does.
+
+    In eval mode without gradients: three groups in the shared layout (two packed in one row, one beside
+    padding), scored through the model's own logits, against the same completions one per row.
+    """
+    target = outer_model(model)
+    base = unwrap(model)
+    embeddings = base.get_input_embeddings()
+    vocab = min(embeddings.weight.shape[0], base.get_output_embeddings().weight.shape[0])
+    groups = probe_groups(vocab)
+    shared = shared_prompt_layout(groups, pad_token_id=0, pack_tokens=11)
+    shared = {key: value.to(embeddings.weight.device) for key, value in shared.items()}
+    with evaluation_mode(target):
+        try:
+            together = shared_completion_logps(target, shared, path="logits").logps
+        except Exception as error:  # noqa: BLE001 - any failure means: do not share
+            return f"its forward fails with a 4D mask and position ids ({type(error).__name__}: {error})"
+        alone = batch_logps(target, unshared(shared), path="logits").logps
+    error = float((together - alone).abs().max())
+    tolerance = 1e-4 if embeddings.weight.dtype == torch.float32 else 5e-2
+    if not error <= tolerance * (1.0 + float(alone.abs().max())):
+        return f"its log-probs with a shared prompt differ by {error:.3g}"
+    return None
+
+
+# Verdict of shared_prompt_is_exact per model (the unwrapped PreTrainedModel): (attention implementation, verdict).
+_shared_verdicts: weakref.WeakKeyDictionary[nn.Module, tuple[str | None, bool]] = weakref.WeakKeyDictionary()
+
+
+def shared_prompt_is_exact(model: nn.Module) -> bool:
+    """Whether a shared-prompt forward computes exactly this model's log-probs; decided once per model.
+
+    The config check first, then :func:`probe_shared_prompt_mismatch`; for a model that fails either,
+    shared-prompt batches are unshared on the device (one prompt + completion a row), said once in the log.
+    """
+    base = unwrap(model)
+    implementation = attention_implementation(model)
+    cached = _shared_verdicts.get(base)
+    if cached is not None and cached[0] == implementation:
+        return cached[1]
+    reason = shared_prompt_config_mismatch(model) or probe_shared_prompt_mismatch(model)
+    if reason is not None:
+        name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
+        logger.info("%s: %s; each prompt is computed once per completion (no prompt sharing)", name, reason)
+    _shared_verdicts[base] = (implementation, reason is None)
+    return reason is None
+
+
+def batch_logps(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    path: str = "chunked",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    return_logits: bool = False,
+    return_hidden: bool = False,
+) -> CompletionLogps:
+    """Per-token log-probs of a collated batch in either layout (``data.collate``); the same result for both.
+
+    A shared-prompt batch is computed in one shared forward when the model passes :func:`shared_prompt_is_exact`,
+    else unshared first. ``return_logits`` gives (N, V) logits and ``return_hidden`` (N, H) final hidden states,
+    N the completion tokens in mask order (row by row of ``completion_mask``), in both layouts.
+    """
+    options = {"path": path, "chunk_size": chunk_size, "return_logits": return_logits, "return_hidden": return_hidden}
+    if is_shared_layout(batch):
+        if shared_prompt_is_exact(model):
+            return shared_completion_logps(model, batch, **options)
+        batch = unshared(batch)
+    return completion_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_start"],
+        batch["completion_mask"],
+        **options,
     )

@@ -28,7 +28,7 @@ from tisdpo.modeling import (
     unsharded_loading,
     weights_materialized,
 )
-from tisdpo.scoring import score_sequences
+from tisdpo.scoring import score_groups
 from tisdpo.utils import atomic_path, digest
 
 if TYPE_CHECKING:
@@ -72,24 +72,33 @@ def score_reference(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     indices: list[int] | None = None,
+    shared_prompt: bool = True,
 ) -> dict[int, tuple[list[float], list[float]]]:
-    """Per-token reference log-probs of both completions for the rows ``indices`` of ``dataset``."""
+    """Per-token reference log-probs of both completions for the rows ``indices`` of ``dataset``.
+
+    ``batch_size`` counts responses; with ``shared_prompt`` a pair (its prompt once, both responses) is a row.
+    """
     indices = list(range(len(dataset))) if indices is None else indices
     rows = dataset.select(indices)
-    sequences = [(p, c) for p, c in zip(rows["prompt_input_ids"], rows["chosen_input_ids"])]
-    sequences += [(p, r) for p, r in zip(rows["prompt_input_ids"], rows["rejected_input_ids"])]
-    logps = score_sequences(
+    groups = [
+        (prompt, [chosen, rejected])
+        for prompt, chosen, rejected in zip(
+            rows["prompt_input_ids"], rows["chosen_input_ids"], rows["rejected_input_ids"]
+        )
+    ]
+    logps = score_groups(
         model,
-        sequences,
+        groups,
         pad_token_id,
-        batch_size,
+        max(1, batch_size // 2) if shared_prompt else batch_size,
         device,
         logprob_path,
         chunk_size,
         reference_context,
         desc="reference log-probs",
+        shared_prompt=shared_prompt,
     )
-    return {index: (logps[k], logps[len(indices) + k]) for k, index in enumerate(indices)}
+    return {index: (logps[k][0], logps[k][1]) for k, index in enumerate(indices)}
 
 
 def save_cache(path: str, logps: list[tuple[list[float], list[float]]]) -> None:
@@ -129,6 +138,7 @@ def add_reference_logps(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     cache_dir: str | None = None,
     reference_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    shared_prompt: bool = True,
 ) -> Any:
     """Return ``dataset`` with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns (cached).
 
@@ -160,6 +170,7 @@ def add_reference_logps(
             chunk_size,
             reference_context,
             shard,
+            shared_prompt,
         )
         gathered = gather_object([scored]) if state.num_processes > 1 else [scored]
         merged: dict[int, tuple[list[float], list[float]]] = {}
@@ -209,6 +220,7 @@ def with_reference_logps(
             config.logprob_path,
             config.lm_head_chunk_size,
             config.ref_logps_cache_dir,
+            shared_prompt=config.shared_prompt,
             **kwargs,
         )
         for dataset in datasets

@@ -41,7 +41,7 @@ from tisdpo import losses, sparsepo
 from tisdpo.config import TisdpoConfig
 from tisdpo.data.collate import PreferenceCollator
 from tisdpo.errors import UserError
-from tisdpo.logprobs import CompletionLogps, completion_logps, configs_of
+from tisdpo.logprobs import CompletionLogps, batch_logps, configs_of, shared_prompt_is_exact
 from tisdpo.objectives import PairBatch, objective_for
 from tisdpo.utils import atomic_path
 
@@ -162,7 +162,7 @@ class PreferenceTrainer(Trainer):
         if self.objective.hidden_states(args):
             sparsepo.attach_mask_head(model)  # before the optimizer is built, so the head trains too
         sides = ("chosen", "rejected") if self.objective.pairs else ("chosen",)
-        kwargs.setdefault("data_collator", PreferenceCollator(processing_class.pad_token_id, sides=sides))
+        kwargs.setdefault("data_collator", self._collator(args, model, ref_model, processing_class.pad_token_id, sides))
         training = kwargs.get("train_dataset") is not None  # evaluation alone runs in eval mode: no dropout anyway
         dropout_config_changes = self._disable_dropout(model) if args.disable_dropout and training else []
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
@@ -192,6 +192,21 @@ class PreferenceTrainer(Trainer):
         self._step_nonfinite_loss: str | None = None
         self.nonfinite_batches_skipped = 0
         self._checkpoint_staging: str | None = None
+
+    @staticmethod
+    def _collator(
+        args: TisdpoConfig, model: Any, ref_model: Any, pad_token_id: int, sides: tuple[str, ...]
+    ) -> PreferenceCollator:
+        """The batch layout: the prompt computed once per pair (and pairs packed) when every model that runs on
+        the batches takes the shared-prompt mask exactly (``logprobs.shared_prompt_is_exact``)."""
+        wanted = args.shared_prompt or bool(args.pack_tokens)
+        exact = wanted and all(shared_prompt_is_exact(m) for m in (model, ref_model) if m is not None)
+        return PreferenceCollator(
+            pad_token_id,
+            sides=sides,
+            shared_prompt=exact and args.shared_prompt,
+            pack_tokens=args.pack_tokens if exact else None,
+        )
 
     @staticmethod
     def _disable_dropout(model: nn.Module) -> list[ConfigChange]:
@@ -290,12 +305,9 @@ class PreferenceTrainer(Trainer):
     def _logps(
         self, model: Any, inputs: dict[str, torch.Tensor], return_logits: bool, return_hidden: bool = False
     ) -> CompletionLogps:
-        return completion_logps(
+        return batch_logps(
             model,
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            inputs["completion_start"],
-            inputs["completion_mask"],
+            inputs,
             path=self.logprob_path,
             chunk_size=self.args.lm_head_chunk_size,
             return_logits=return_logits,

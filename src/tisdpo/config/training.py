@@ -181,6 +181,21 @@ class TisdpoConfig(TrainingArguments):
     lm_head_chunk_size: int = field(
         default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per LM-head chunk on the chunked path."}
     )
+    shared_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each pair's prompt once: [prompt, chosen, rejected] as one sequence whose attention "
+            "mask hides chosen from rejected (exact; off by itself, with a log line, for a model or attention "
+            "implementation that cannot take the mask). false: one padded row per response."
+        },
+    )
+    pack_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pack several pairs (prompt once) into a row of up to this many tokens: less padding, a "
+            "longer attention span per row (default: one pair a row)."
+        },
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the model, checkpoints and metrics are written."}
     )

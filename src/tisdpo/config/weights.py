@@ -75,7 +75,14 @@ class WeightsArguments:
         "binary_top_fraction", "binary: the share of tokens that get weight 1."
     )
     weight_seed: int = _transform_option("seed", "random: the seed.")
-    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass (length-sorted)."})
+    batch_size: int = field(default=16, metadata={"help": "Responses per forward pass (length-sorted; a pair is two)."})
+    shared_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Score a pair's two responses in one sequence with its (contrastive) prompt computed once "
+            "(exact; off by itself for a model that cannot take the mask). false: one row per response."
+        },
+    )
     max_batch_tokens: int | None = field(
         default=None, metadata={"help": "Also cap a batch at this many padded tokens."}
     )

@@ -29,7 +29,7 @@ from tisdpo.data.prepare import check_numbers, check_token_ids
 from tisdpo.data.tokenize import PairTokenizer, PromptContext, TokenizedPair, tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.modeling import distributed_state, load_model, load_model_pair, load_tokenizer
-from tisdpo.scoring import score_sequences
+from tisdpo.scoring import score_groups
 from tisdpo.utils import atomic_path, digest, file_identity
 from tisdpo.weights.io import read_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
@@ -204,22 +204,24 @@ def score_part(
         ("positive", contrast.positive_model, contrast.positive_prompt),
         ("negative", contrast.negative_model, contrast.negative_prompt),
     ):
-        sequences = []
+        groups = []
         for i in kept:
             context = scoring_context(pair_tokenizer, rows[i], pairs[i], prompt, where[i])
             cut[i] = cut[i] or context.cut
-            sequences += [(context.ids, pairs[i].chosen_ids), (context.ids, pairs[i].rejected_ids)]
-        sides[name] = score_sequences(
+            groups.append((context.ids, [pairs[i].chosen_ids, pairs[i].rejected_ids]))
+        scored = score_groups(
             model,
-            sequences,
+            groups,
             pair_tokenizer.tokenizer.pad_token_id,
-            args.batch_size,
+            max(1, args.batch_size // 2) if args.shared_prompt else args.batch_size,
             logprob_path=args.logprob_path,
             chunk_size=args.lm_head_chunk_size,
             max_tokens=args.max_batch_tokens,
             desc=f"{name} log-probs",
             progress=False,
+            shared_prompt=args.shared_prompt,
         )
+        sides[name] = [logps for group in scored for logps in group]
     out: list[dict[str, Any]] = [{"result": None, "prompt_cut": False} for _ in rows]
     for k, i in enumerate(kept):
         pos, neg = sides["positive"], sides["negative"]
