@@ -5,7 +5,10 @@ system prompts (4 sequences a pair). Each contender is a fresh process, measured
 loading, scoring, writing) with its peak resident memory:
 
 (a) ``tisdpo weights --positive_prompt harmless --negative_prompt harmful`` (the command line), with its
-    default ``--batch_size 16`` and, (a'), with ``--batch_size 4``;
+    default ``--batch_size 16`` and, (a'), with ``--batch_size 4``: each contrastive context is computed once
+    for both responses (the shared-prompt layout, the default);
+(c) the same with ``--shared_prompt false`` (one row per response, the path before prefix sharing), with
+    ``--batch_size 16`` and, (c'), 4;
 (b) the TIS-DPO reference code's approach: per pair and prompt, one forward of the two sequences,
     ``log_softmax`` over the whole vocabulary at every position, ``.cpu()``, a Python loop over the
     completion tokens (same token ids, from tisdpo's tokenization path).
@@ -84,8 +87,9 @@ def reference_worker(spec: dict[str, Any]) -> None:
     write_rows_jsonl(Path(spec["output_file"]), out)
 
 
-def ours_argv(spec: dict[str, Any], batch_size: int | None = None) -> list[str]:
+def ours_argv(spec: dict[str, Any], batch_size: int | None = None, shared: bool = True) -> list[str]:
     batch = ["--batch_size", str(batch_size)] if batch_size else []
+    batch += [] if shared else ["--shared_prompt", "false"]
     return [
         sys.executable, "-m", "tisdpo", "weights",
         "--model_name_or_path", spec["model_dir"],
@@ -129,12 +133,17 @@ def main() -> None:
             "threads": args.threads,
             "max_length": args.max_length,
         }
+        ours = {
+            "(a) tisdpo weights (P)": (None, True),
+            f"(a') tisdpo weights (P) --batch_size {args.small_batch}": (args.small_batch, True),
+            "(c) tisdpo weights (P) --shared_prompt false": (None, False),
+            f"(c') tisdpo weights (P) --shared_prompt false --batch_size {args.small_batch}": (args.small_batch, False),
+        }
         contenders = {
-            "(a) tisdpo weights (P)": (ours_argv({**spec, "output_file": f"{tmp}/ours.jsonl"}), f"{tmp}/ours.jsonl"),
-            f"(a') tisdpo weights (P) --batch_size {args.small_batch}": (
-                ours_argv({**spec, "output_file": f"{tmp}/ours-small.jsonl"}, args.small_batch),
-                f"{tmp}/ours-small.jsonl",
-            ),
+            name: (ours_argv({**spec, "output_file": f"{tmp}/{k}.jsonl"}, batch, shared), f"{tmp}/{k}.jsonl")
+            for k, (name, (batch, shared)) in enumerate(ours.items())
+        }
+        contenders |= {
             "(b) reference code's approach": (
                 [sys.executable, str(Path(__file__).resolve()), "--worker", "--spec", f"{tmp}/spec.json"],
                 f"{tmp}/reference.jsonl",
@@ -166,8 +175,10 @@ def main() -> None:
         difference = max(abs(a - b) for x, y in zip(ours, reference) for a, b in zip(x, y))
         print(f"largest reward difference between {name.split()[0]} and (b): {difference:.2e} over {tokens} tokens")
     seconds = {row[0].split()[0]: row[1] for row in table}
-    for name in ("(a)", "(a')"):
+    for name in ("(a)", "(a')", "(c)", "(c')"):
         print(f"{name} is {seconds['(b)'] / seconds[name]:.2f}x faster than (b), whole processes")
+    for shared, unshared in (("(a)", "(c)"), ("(a')", "(c')")):
+        print(f"prompt computed once: {shared} is {seconds[unshared] / seconds[shared]:.2f}x faster than {unshared}")
 
 
 if __name__ == "__main__":
