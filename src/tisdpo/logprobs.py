@@ -284,14 +284,33 @@ def chunked_head_is_exact(model: nn.Module) -> bool:
     """
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    cached = _verdicts.get(base)
-    if cached is not None and cached[0] is head:
+    return cached_verdict(
+        _verdicts,
+        model,
+        head,
+        lambda: config_mismatch(model) or probe_mismatch(model),
+        "its log-probs are computed from its own logits (--logprob_path logits)",
+    )
+
+
+def cached_verdict(
+    verdicts: weakref.WeakKeyDictionary,
+    model: nn.Module,
+    made_for: object,
+    mismatch: Callable[[], str | None],
+    fallback: str,
+) -> bool:
+    """A check of ``model`` run once per model and ``made_for`` (its head, its attention implementation):
+    ``mismatch()`` gives the reason it fails (None: it passes); a failure is said once in the log."""
+    base = unwrap(model)
+    cached = verdicts.get(base)
+    if cached is not None and cached[0] == made_for:  # modules compare by identity
         return cached[1]
-    reason = config_mismatch(model) or probe_mismatch(model)
+    reason = mismatch()
     if reason is not None:
         name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
-        logger.info("%s: %s; its log-probs are computed from its own logits (--logprob_path logits)", name, reason)
-    _verdicts[base] = (head, reason is None)
+        logger.info("%s: %s; %s", name, reason, fallback)
+    verdicts[base] = (made_for, reason is None)
     return reason is None
 
 
@@ -566,17 +585,13 @@ def shared_prompt_is_exact(model: nn.Module) -> bool:
     The config check first, then :func:`probe_shared_prompt_mismatch`; for a model that fails either,
     shared-prompt batches are unshared on the device (one prompt + completion a row), said once in the log.
     """
-    base = unwrap(model)
-    implementation = attention_implementation(model)
-    cached = _shared_verdicts.get(base)
-    if cached is not None and cached[0] == implementation:
-        return cached[1]
-    reason = shared_prompt_config_mismatch(model) or probe_shared_prompt_mismatch(model)
-    if reason is not None:
-        name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
-        logger.info("%s: %s; each prompt is computed once per completion (no prompt sharing)", name, reason)
-    _shared_verdicts[base] = (implementation, reason is None)
-    return reason is None
+    return cached_verdict(
+        _shared_verdicts,
+        model,
+        attention_implementation(model),
+        lambda: shared_prompt_config_mismatch(model) or probe_shared_prompt_mismatch(model),
+        "each prompt is computed once per completion (no prompt sharing)",
+    )
 
 
 def batch_logps(
