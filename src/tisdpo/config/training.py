@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers import TrainingArguments
 
 from tisdpo.errors import UserError
@@ -236,6 +237,8 @@ class TisdpoConfig(TrainingArguments):
                 )
         if self.needs_token_kl:
             self.precompute_ref_log_probs = False  # the KL terms need the full reference distribution
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every run without one
         super().__post_init__()
 
     @property
