@@ -61,10 +61,7 @@ def dlma_scores(
     pad = pair_tokenizer.tokenizer.pad_token_id
     # Each contrastive context once for both responses: per pair, [log p(chosen), log p(rejected)].
     positive_logps, negative_logps = (
-        [
-            [sum(logps) for logps in group]
-            for group in score_groups(model, groups, pad, max(1, batch_size // 2), progress=False)
-        ]
+        [[sum(logps) for logps in group] for group in score_groups(model, groups, pad, batch_size, progress=False)]
         for groups in (positive_groups, negative_groups)
     )
     scores: list[float | None] = [None] * len(rows)

@@ -90,7 +90,7 @@ def score_reference(
         model,
         groups,
         pad_token_id,
-        max(1, batch_size // 2) if shared_prompt else batch_size,
+        batch_size,
         device,
         logprob_path,
         chunk_size,

@@ -63,14 +63,16 @@ def score_groups(
     A group is ``(prompt_ids, [completion_ids, ...])``; the result is indexed ``[group][completion][token]``.
     With ``shared_prompt`` (the default when some group has two or more completions) each prompt is computed once
     for all its completions (``data.collate``'s shared-prompt layout, one group a row); else every completion is a
-    row of its own, after its prompt. Rows of similar length are batched together: at most ``batch_size`` rows
-    and, if ``max_tokens`` is set, at most that many padded tokens a batch.
+    row of its own, after its prompt. Rows of similar length are batched together: at most ``batch_size``
+    completions (``batch_size // K`` shared rows of up to K completions, at least one) and, if ``max_tokens`` is
+    set, at most that many padded tokens a batch.
     """
     device = device or next(model.parameters()).device
     shared = any(len(completions) > 1 for _, completions in groups) if shared_prompt is None else shared_prompt
     if shared:
         units = [[(g, k) for k in range(len(completions))] for g, (_, completions) in enumerate(groups)]
         lengths = [len(prompt) + sum(len(c) for c in completions) for prompt, completions in groups]
+        batch_size = max(1, batch_size // max((len(completions) for _, completions in groups), default=1))
     else:
         units = [[(g, k)] for g, (_, completions) in enumerate(groups) for k in range(len(completions))]
         lengths = [len(groups[g][0]) + len(groups[g][1][k]) for [(g, k)] in units]

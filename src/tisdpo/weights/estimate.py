@@ -213,7 +213,7 @@ def score_part(
             model,
             groups,
             pair_tokenizer.tokenizer.pad_token_id,
-            max(1, args.batch_size // 2) if args.shared_prompt else args.batch_size,
+            args.batch_size,
             logprob_path=args.logprob_path,
             chunk_size=args.lm_head_chunk_size,
             max_tokens=args.max_batch_tokens,
