@@ -661,7 +661,7 @@ def config_argv(command: str, config: Path, tmp: Path, model: str, weights: Path
 
 
 @pytest.mark.parametrize("command", list(CONFIG_COMMANDS))
-@pytest.mark.parametrize("case", ["unknown_key", "not_a_mapping", "invalid_yaml", "python_tag"])
+@pytest.mark.parametrize("case", ["unknown_key", "not_a_mapping", "invalid_yaml", "python_tag", "duplicate_key"])
 def test_bad_config_files(case, command, tiny_model_dir, weights_file, tmp_path, capsys):
     cmd, typo, right = CONFIG_COMMANDS[command]
     config = tmp_path / "config.yaml"
@@ -671,6 +671,7 @@ def test_bad_config_files(case, command, tiny_model_dir, weights_file, tmp_path,
         "not_a_mapping": "- a list\n- not a mapping\n",
         "invalid_yaml": "seed: [1, 2\nbeta: 3\n",
         "python_tag": f"seed: !!python/object/apply:os.system ['touch {marker}']\n",
+        "duplicate_key": "seed: 1\nseed: 2\n",
     }[case]
     config.write_text(text)
     message = expect_failure(
@@ -683,6 +684,8 @@ def test_bad_config_files(case, command, tiny_model_dir, weights_file, tmp_path,
         assert message == f"{config}: expected a mapping of field names to values, got list"
     elif case == "invalid_yaml":
         assert message == f"{config}:line 2: not valid YAML (expected ',' or ']', but got ':')"
+    elif case == "duplicate_key":  # plain YAML would keep the second silently
+        assert message == f"{config}:line 2: not valid YAML (key 'seed' appears twice in one mapping (first on line 1))"
     else:  # the safe loader refuses Python tags: nothing is executed
         assert message.startswith(f"{config}:line 1: not valid YAML (could not determine a constructor for the tag")
         assert not marker.exists()

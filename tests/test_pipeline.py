@@ -111,8 +111,8 @@ def test_demo_dry_run_lists_every_stage(tmp_path, capsys):
         "contrast_D_neg",
         "weights_P",
         "weights_random",
-        "train_tisdpo_D_s0",
-        "eval_dpo_s0",
+        "train_tisdpo_D_b0.1_s0",
+        "eval_dpo_b0.1_s0",
         "report",
     ):
         assert stage in plan
@@ -168,3 +168,29 @@ report: false
     assert out.count("finished earlier, skipped") == 4 and "train_tisdpo_D_s0: running" in out
     assert json.loads((tmp_path / "run" / "train_tisdpo_D_s0" / "trainer_state.json").read_text())["global_step"] == 3
     assert not any(name.startswith(".") for name in os.listdir(tmp_path / "run"))
+
+
+def test_oracle_weights_are_a_demo_source(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "base_model: m\ndata: {dataset_name: d.jsonl}\ncontrastive: {D: {}}\n"
+        "objectives: {tis: {loss_type: tisdpo, weights: oracle}}\n"
+    )
+    assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
+    assert "uses oracle weights: they need the demo task" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--output_dir", str(tmp_path / "demo"), "--dry_run"]) == 0
+    assert "weights_oracle" in capsys.readouterr().out
+
+
+def test_a_recipe_can_sweep_beta(tmp_path, capsys):
+    recipe, data = tmp_path / "r.yaml", tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    base = f"base_model: m\ndata: {{dataset_name: {data}}}\nseeds: [0, 1]\nobjectives: {{dpo: {{loss_type: dpo}}}}\n"
+    recipe.write_text(base + "betas: [0.1, 0.4]\nevaluate: {args: {max_new_tokens: 4}}\n")
+    assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 0
+    plan = capsys.readouterr().out
+    for stage in ("train_dpo_b0.1_s0", "train_dpo_b0.4_s1", "eval_dpo_b0.4_s0", "eval_sft_s1"):
+        assert stage in plan
+    recipe.write_text(base + "betas: [0.1, fast]\n")
+    assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
+    assert "betas must be a list of positive numbers" in capsys.readouterr().err

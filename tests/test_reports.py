@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image
+import pytest
 
 from tisdpo.evaluation.report import frontier_plot as evaluation_frontier
 from tisdpo.pipeline.report import add_report_stage, markdown_tables, summarize
@@ -107,15 +107,47 @@ def eval_folders(root: Path) -> dict[str, str]:
     return folders
 
 
-def test_summary_compares_objectives_at_a_matched_kl(tmp_path):
+def test_summary_compares_objectives_on_their_frontiers(tmp_path):
     summary = summarize(eval_folders(tmp_path), "reward")
-    assert summary["matched_kl"] == 1.2  # the largest KL every run reaches
+    # DPO's largest KL is 1.2 (seed 0) and 2.2 (seed 1): the levels are quarters of the median, 1.7.
+    assert summary["baseline"] == "dpo" and summary["kl_levels"] == [0.425, 0.85, 1.275]
     tisdpo = summary["objectives"]["tisdpo_D"]
-    assert math.isclose(tisdpo["reward_at_matched_kl"]["mean"], 0.5 + 1.5 * 1.2)
     assert [p["label"] for p in tisdpo["seeds"]["0"]] == ["checkpoint-2", "checkpoint-10", "final"]
-    table = markdown_tables({"summary": summary, "weight_auc": {}})
-    assert table.splitlines()[0].startswith("| model | reward | win rate vs SFT |")
-    assert "| tisdpo_D | 3.05 ± 1.06 |" in table and "| 2.30 ± 0.00 |" in table
+    middle = summary["frontier"]["tisdpo_D"]["levels"][1]
+    # Rewards rise linearly from the SFT point (0, 0.5) with slope 1.5 (TIS-DPO) and 1 (DPO): at KL 0.85
+    # every seed is 0.5 * 0.85 ahead of DPO.
+    assert middle["reward"]["mean"] == pytest.approx(0.5 + 1.5 * 0.85)
+    assert middle["vs_baseline"]["mean"] == pytest.approx(0.5 * 0.85)
+    assert "sft" not in summary["frontier"]
+    tables = markdown_tables({"summary": summary, "weight_auc": {}})
+    final, frontier = tables.split("\n\n")[:2]
+    assert final.splitlines()[0].startswith("| model | reward | win rate vs SFT |")
+    assert "| tisdpo_D | 3.05 ± 1.06 |" in final
+    assert frontier.splitlines()[0].startswith("| model | reward at KL 0.425 | reward at KL 0.85 |")
+    assert "- dpo, mean over levels" in frontier and "(better)" in frontier
+
+
+def test_a_beta_sweep_is_one_frontier_per_objective(tmp_path):
+    folders = {}
+    for beta, kl in (("0.05", 4.0), ("0.4", 1.0)):
+        for seed in (0, 1):
+            for objective in ("dpo", "tisdpo_D"):
+                folder = tmp_path / f"eval_{objective}_b{beta}_s{seed}"
+                gain = 1.0 if objective == "dpo" else 1.5
+                write_eval(folder, "final", kl, 0.5 + gain * kl)
+                folders[folder.name] = str(folder)
+    summary = summarize(folders, "reward")
+    # A row per run in the final table, one frontier per objective over both betas.
+    assert set(summary["objectives"]) == {
+        "dpo (beta 0.05)",
+        "dpo (beta 0.4)",
+        "tisdpo_D (beta 0.05)",
+        "tisdpo_D (beta 0.4)",
+    }
+    assert set(summary["frontier"]) == {"dpo", "tisdpo_D"} and summary["kl_levels"] == [1.0, 2.0, 3.0]
+    assert sorted(summary["frontier_points"]["dpo"]["0"]) == [(1.0, 1.5), (4.0, 4.5)]
+    at_one = summary["frontier"]["tisdpo_D"]["levels"][0]  # KL 1: the beta-0.4 runs' own point
+    assert at_one["reward"]["mean"] == pytest.approx(2.0) and at_one["vs_baseline"]["mean"] == pytest.approx(0.5)
 
 
 def write_weights_stage(folder: Path, tokenizer_dir: str) -> None:
@@ -153,7 +185,8 @@ def test_the_report_stage_writes_its_files(tiny_model_dir, tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"summary", "weight_auc", "table"}
-    assert set(results["table"]["dpo"]) == {"score", "win_rate_vs_sft", "kl_vs_sft", "length", "score_at_matched_kl"}
+    assert set(results["table"]["dpo"]) == {"score", "win_rate_vs_sft", "kl_vs_sft", "length"}
+    assert set(results["summary"]["frontier"]) == {"dpo", "tisdpo_D"}
     assert (out / "results.md").read_text().startswith("| model | score |")
     for name in ("frontier.png", "heatmap_D.png"):
         assert_drawn(out / name)

@@ -13,7 +13,7 @@ import shutil
 from tisdpo.config import DataArguments, ModelArguments, WeightsArguments, parse_config, transform_config
 from tisdpo.errors import UserError
 from tisdpo.weights.estimate import estimate_weights, parts_dir, rederive_weights
-from tisdpo.weights.io import check_output_extension, remove_meta, write_meta, write_rows
+from tisdpo.weights.io import check_output_extension, write_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +22,6 @@ REVERSE_PAIRS_REFUSED = (
     "on the weights file with --reverse_pairs true, which swaps texts, token ids, rewards and weights together "
     "(exactly the weights of the reversed contrast on the reversed pairs)"
 )
-
-
-def write_weights_file(output_file: str, rows: list[dict], meta: dict) -> None:
-    """Order matters for a kill at any moment: the old provenance goes first, then the rows and their
-    provenance are each renamed into place; a file never sits beside another run's provenance."""
-    remove_meta(output_file)
-    write_rows(output_file, rows)
-    write_meta(output_file, meta)
 
 
 def run(argv: list[str]) -> None:

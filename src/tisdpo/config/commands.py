@@ -86,6 +86,21 @@ class DemoArguments:
             "(its flags: tisdpo demo --real --help)."
         },
     )
+    study: bool = field(
+        default=False,
+        metadata={
+            "help": "The evidence study instead: oracle/D/S/P/random weights, transforms, regimes, beta sweeps "
+            "over seeds, confirmed on fresh seeds (about an hour on 2 CPU cores; resumable). Writes study.json, "
+            "study.md and frontier plots."
+        },
+    )
+    study_config: str | None = field(
+        default=None,
+        metadata={"help": "--study: a YAML file whose keys replace the packaged study plan's (e.g. fewer betas)."},
+    )
+    workers: int | None = field(
+        default=None, metadata={"help": "--study: runs trained side by side (default: the plan's, 2)."}
+    )
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from tisdpo.errors import UserError
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
-from tisdpo.weights.transforms import TRANSFORM_NAMES, WeightTransformConfig
+from tisdpo.weights.transforms import NORMALIZE_MODES, TRANSFORM_NAMES, WeightTransformConfig
 
 # WeightTransformConfig field -> its flag.
 TRANSFORM_FLAGS: dict[str, str] = {
@@ -27,6 +27,7 @@ TRANSFORM_FLAGS: dict[str, str] = {
     "scale_threshold": "weight_scale_threshold",
     "binary_top_fraction": "weight_binary_top_fraction",
     "seed": "weight_seed",
+    "normalize": "weight_normalize",
 }
 _TRANSFORM_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(WeightTransformConfig)}
 
@@ -75,6 +76,11 @@ class WeightsArguments:
         "binary_top_fraction", "binary: the share of tokens that get weight 1."
     )
     weight_seed: int = _transform_option("seed", "random: the seed.")
+    weight_normalize: Literal[NORMALIZE_MODES] = _transform_option(
+        "normalize",
+        "After the transform, rescale weights to mean 1: none, response (each response) or dataset (one k for "
+        "all tokens of the file).",
+    )  # type: ignore[valid-type]
     batch_size: int = field(default=16, metadata={"help": "Responses per forward pass (length-sorted; a pair is two)."})
     shared_prompt: bool = field(
         default=True,

@@ -1,5 +1,7 @@
 """``tisdpo demo [--quick] --output_dir OUT [--dry_run]``: the whole method on the ground-truth task.
 
+``tisdpo demo --study --output_dir OUT``: the evidence study on the same task (:mod:`tisdpo.demo.study`).
+
 ``tisdpo demo --real``: the tour on a real pretrained model and real HH dialogues (:mod:`tisdpo.demo.real_tour`).
 """
 
@@ -74,6 +76,11 @@ def run(argv: list[str]) -> None:
 
         # A 64-wide model is latency-bound: extra threads only spin against each other.
         torch.set_num_threads(1)
+    if args.study:
+        from tisdpo.demo.study.run import run_study
+
+        run_study(args.output_dir, args.study_config, args.workers, args.dry_run)
+        return
     pipeline = build_pipeline(demo_recipe(args.quick, args.output_dir))
     folders = run_pipeline(pipeline, args.dry_run)
     if folders is None:

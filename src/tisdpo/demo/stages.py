@@ -62,3 +62,28 @@ def add_base_stage(builder: Any, factory: dict[str, Any]) -> None:
     builder.add(
         "base", action, {"factory": factory, "task": spec}, ["task"], "word tokenizer + tiny Llama from scratch"
     )
+
+
+def add_oracle_stage(builder: Any, kind: str, source: Any, weight_flags: dict[str, Any]) -> Any:
+    """Stage ``weights_<kind>``: oracle weights (:mod:`tisdpo.demo.oracle`) for the pairs of the weights file
+    ``source`` (a Ref), with the recipe's transform; returns the Ref of the new weights file."""
+    from tisdpo.config import WeightsArguments, transform_config
+    from tisdpo.pipeline.recipe import Ref
+
+    flags = {k: v for k, v in weight_flags.items() if k.startswith("weight_")}
+    config = transform_config(WeightsArguments(**flags))
+
+    def action(ctx: StageContext) -> None:
+        from tisdpo.demo.oracle import write_oracle_weights
+
+        write_oracle_weights(source.resolve(ctx), os.path.join(ctx.work_dir, "weights.jsonl"), kind, config)
+
+    what = "true token rewards" if kind == "oracle" else "D's rewards with the true signs"
+    builder.add(
+        f"weights_{kind}",
+        action,
+        {"source": source.identity(), "transform": flags, "kind": kind},
+        source.deps,
+        f"{kind} weights ({what}; the ceiling)",
+    )
+    return Ref(f"weights_{kind}", "weights.jsonl")

@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from tisdpo.demo.oracle import ORACLE_SOURCES
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Stage, StageContext
 from tisdpo.utils import file_identity, is_verbose
@@ -50,6 +51,7 @@ class Recipe:
         None  # {positive_prompt, negative_prompt, args}: self-rewarded pairs for objectives with `data: dlma`
     )
     objectives: dict[str, dict[str, Any]] = field(default_factory=lambda: {"dpo": {"loss_type": "dpo"}})
+    betas: list[float] | None = None  # train every objective at each beta: its frontier spans them all
     evaluate: dict[str, Any] | None = None  # {args: {...}, checkpoints: bool}
     report: bool = True
     notes: str = ""
@@ -77,7 +79,15 @@ class Recipe:
             raise UserError("contrastive P needs positive_prompt and negative_prompt", source=source)
         for name, objective in self.objectives.items():
             source_name = objective.get("weights")
-            if source_name is not None and source_name != "random" and source_name not in self.contrastive:
+            if source_name in ORACLE_SOURCES:
+                if self.data.get("demo_task") is None or "D" not in self.contrastive:
+                    raise UserError(
+                        f"objective '{name}' uses {source_name} weights: they need the demo task (data.demo_task), "
+                        "whose true token rewards they read, and contrastive D (the token alignment, and oracle_sign's "
+                        "magnitudes)",
+                        source=source,
+                    )
+            elif source_name is not None and source_name != "random" and source_name not in self.contrastive:
                 raise UserError(
                     f"objective '{name}' uses weights '{source_name}', which is not a contrastive method of this recipe",
                     source=source,
@@ -95,7 +105,18 @@ class Recipe:
                     source=source,
                 )
             if objective.get("loss_type") == "tisdpo" and source_name is None:
-                raise UserError(f"objective '{name}' is tisdpo and needs weights: P, S, D or random", source=source)
+                raise UserError(
+                    f"objective '{name}' is tisdpo and needs weights: P, S, D, random (or oracle, oracle_sign in the demo)",
+                    source=source,
+                )
+        if self.betas is not None and (
+            not isinstance(self.betas, list)
+            or not self.betas
+            or any(isinstance(b, bool) or not isinstance(b, int | float) or b <= 0 for b in self.betas)
+        ):
+            raise UserError(
+                f"betas must be a list of positive numbers, got {self.betas!r}", source=source, field="betas"
+            )
         self.check_settings(source)
         self.check_inputs(source)
 
@@ -370,6 +391,12 @@ class StageBuilder:
                 "random weights (ablation)",
             )
             found["random"] = Ref("weights_random", "weights.jsonl")
+        used = {objective.get("weights") for objective in recipe.objectives.values()}
+        for kind in ORACLE_SOURCES:
+            if kind in used:
+                from tisdpo.demo.stages import add_oracle_stage
+
+                found[kind] = add_oracle_stage(self, kind, found["D"], recipe.weights)
         return found
 
     def _objectives(
@@ -392,16 +419,20 @@ class StageBuilder:
                 source = objective.pop("weights", None)
                 extra = objective.pop("args", {})
                 pairs = objective.pop("data", "train")
-                train_name = f"train_{name}_s{seed}"
                 dataset = weights[source] if source else data[pairs]
                 refs = {"model_name_or_path": start, "dataset_name": dataset}
                 if "eval" in data:
                     refs["eval_dataset_name"] = data["eval"]
-                args = {**train_common, **objective, **extra, "seed": seed}
-                self.command_stage(train_name, "train", args, refs, "output_dir", None, f"train {name} (seed {seed})")
-                if evaluation is not None:
-                    self._evaluation_stage(f"eval_{name}_s{seed}", Ref(train_name, ""), start, data, common, seed)
-                    eval_stages.append(f"eval_{name}_s{seed}")
+                for beta in recipe.betas or [None]:
+                    run = f"{name}_s{seed}" if beta is None else f"{name}_b{beta:g}_s{seed}"
+                    args = {**train_common, **objective, **extra, "seed": seed}
+                    if beta is not None:
+                        args["beta"] = beta
+                    what = f"train {name} (seed {seed}" + (")" if beta is None else f", beta {beta:g})")
+                    self.command_stage(f"train_{run}", "train", args, refs, "output_dir", None, what)
+                    if evaluation is not None:
+                        self._evaluation_stage(f"eval_{run}", Ref(f"train_{run}", ""), start, data, common, seed)
+                        eval_stages.append(f"eval_{run}")
         if recipe.report and evaluation is not None:
             from tisdpo.pipeline.report import add_report_stage
 

@@ -1,9 +1,11 @@
 """The pipeline's last stage: results.json, results.md, report.html, a reward-vs-KL frontier and token heatmaps.
 
 Every number comes from the evaluation folders of this run. Objectives are compared twice: at the
-end of training, and at a matched KL to the SFT model (reward interpolated along each run's
-checkpoints), because a single (step, reward) point can favour either method. This module decides
-what is compared; the tables, plots, heatmaps and page are drawn by :mod:`tisdpo.report`.
+end of training, and on their reward-KL frontiers (:mod:`tisdpo.report.frontier`: the best reward
+each run reached at KL at most K over its checkpoints) at three common KL levels, with 95%
+intervals over seeds and paired differences to DPO, because a single (step, reward) point, or one
+interpolated matched-KL point, can favour either method. This module decides what is compared; the
+tables, plots, heatmaps and page are drawn by :mod:`tisdpo.report`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import numpy as np
 
 from tisdpo.pipeline.engine import StageContext
 from tisdpo.report.examples import weights_file_examples
+from tisdpo.report.frontier import compare_arms, kl_levels, verdict
 from tisdpo.report.heatmap import render_html, render_png
 from tisdpo.report.page import figure_html, html_page, write_text
-from tisdpo.report.plots import FrontierPoint, FrontierSeries, frontier_plot
-from tisdpo.report.tables import Table, fmt_stat
+from tisdpo.report.plots import frontier_bands_plot, frontier_panel
+from tisdpo.report.tables import Table, fmt_interval, fmt_stat
 from tisdpo.utils import write_json
 
-STAGE_NAME = re.compile(r"^eval_(?P<objective>.+)_s(?P<seed>\d+)$")
+KL_FRACTIONS = (0.25, 0.5, 0.75)  # of the baseline's median largest KL
+STAGE_NAME = re.compile(r"^eval_(?P<objective>.+?)(?:_b(?P<beta>[0-9.e+-]+))?_s(?P<seed>\d+)$")
 
 
 def load_curve(eval_dir: str) -> list[dict[str, Any]]:
@@ -53,27 +57,31 @@ def mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
-def reward_at_kl(curve: list[tuple[float, float]], kl: float) -> float | None:
-    """Linear interpolation of reward at ``kl`` along a run's (kl, reward) points; None outside them."""
-    points = sorted(curve)
-    for (k0, r0), (k1, r1) in zip(points, points[1:]):
-        if k0 <= kl <= k1:
-            return r0 if k1 == k0 else r0 + (r1 - r0) * (kl - k0) / (k1 - k0)
-    return None
-
-
 def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
-    """Per objective: final metrics over seeds, and reward at a KL every objective reaches."""
+    """Per run (an objective, at one beta when the recipe sweeps betas): final metrics over seeds. Per
+    objective: its frontier over every beta and checkpoint, and its reward there at three common KL
+    levels (paired with DPO's, or with the first objective's when there is no DPO)."""
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    merged: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    sft_reward: dict[int, float] = {}
     for name, folder in eval_dirs.items():
         match = STAGE_NAME.match(name)
-        if match:
-            runs.setdefault(match["objective"], {})[int(match["seed"])] = load_curve(folder)
-    sft_reward = {seed: curve[-1]["gen/baseline_reward_mean"] for seed, curve in runs.get("sft", {}).items() if curve}
+        if not match:
+            continue
+        seed, objective = int(match["seed"]), match["objective"]
+        label = objective if match["beta"] is None else f"{objective} (beta {match['beta']})"
+        curve = runs.setdefault(label, {})[seed] = load_curve(folder)
+        if not curve:
+            continue
+        # Every evaluation samples the SFT model with its seed too: that is the frontier's KL-0 point.
+        sft_reward[seed] = curve[-1]["gen/baseline_reward_mean"]
+        if objective != "sft":
+            points = merged.setdefault(objective, {}).setdefault(seed, [])
+            points += [(p["gen/kl"], p["gen/reward_mean"]) for p in curve]
     objectives: dict[str, Any] = {}
-    for objective, seeds in runs.items():
+    for label, seeds in runs.items():
         finals = [curve[-1] for curve in seeds.values() if curve]
-        objectives[objective] = {
+        objectives[label] = {
             reward_name: mean_std([f["gen/reward_mean"] for f in finals]),
             "win_rate_vs_sft": mean_std([f["gen/win_rate"] for f in finals]),
             "kl_vs_sft": mean_std([f["gen/kl"] for f in finals]),
@@ -85,67 +93,72 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
                 for seed, curve in seeds.items()
             },
         }
-    trained = [o for o in objectives if o != "sft"]
-    # The largest KL that every run reaches, so each one's reward there is interpolated, not extrapolated.
-    final_kls = [max(p["gen/kl"] for p in curve) for o in trained for curve in runs[o].values() if curve]
-    matched_kl = min(final_kls, default=float("nan"))
-    for objective in trained:
-        values = []
-        for seed, curve in runs[objective].items():
-            start = [(0.0, sft_reward[seed])] if seed in sft_reward else []
-            values.append(reward_at_kl(start + [(p["gen/kl"], p["gen/reward_mean"]) for p in curve], matched_kl))
-        objectives[objective][f"{reward_name}_at_matched_kl"] = mean_std([v for v in values if v is not None])
-    return {"objectives": objectives, "matched_kl": matched_kl, "reward_name": reward_name}
-
-
-def frontier_series(summary: dict[str, Any]) -> list[FrontierSeries]:
-    """One series per (objective, seed): its checkpoints' (KL, reward), then the final model's."""
-    return [
-        FrontierSeries(
-            f"{objective} seed {seed}",
-            [FrontierPoint(p["gen/kl"], p["gen/reward_mean"]) for p in curve],
-            group=objective,
-        )
-        for objective, values in summary["objectives"].items()
-        for seed, curve in values["seeds"].items()
-    ]
+    summary: dict[str, Any] = {
+        "objectives": objectives,
+        "reward_name": reward_name,
+        "sft_reward": {str(seed): value for seed, value in sft_reward.items()},
+        "frontier": {},
+        "frontier_points": {o: {str(s): p for s, p in seeds.items()} for o, seeds in merged.items()},
+        "kl_levels": [],
+        "baseline": None,
+    }
+    if merged:
+        baseline = "dpo" if "dpo" in merged else next(iter(merged))
+        levels = kl_levels(merged[baseline], KL_FRACTIONS)
+        summary.update(frontier=compare_arms(merged, sft_reward, levels, baseline), kl_levels=levels, baseline=baseline)
+    return summary
 
 
 def frontier_png(summary: dict[str, Any], path: str) -> None:
-    """Every run's checkpoints on the reward-against-KL plane, with the matched KL marked."""
-    frontier_plot(
-        frontier_series(summary),
+    """Each objective's frontier (every beta and checkpoint), averaged over seeds with a 95% band."""
+    sft = {int(seed): value for seed, value in summary.get("sft_reward", {}).items()}
+    runs = {
+        objective: {int(seed): [tuple(p) for p in points] for seed, points in seeds.items()}
+        for objective, seeds in summary["frontier_points"].items()
+    }
+    title = "Frontier per objective: best reward at KL <= K (mean over seeds, 95% band; dotted: the KL levels)"
+    frontier_bands_plot(
+        [frontier_panel(title, runs, sft, summary["kl_levels"])],
         path,
         reward_label=summary["reward_name"],
         kl_label="KL(policy ‖ SFT), nats per response (sampled estimate)",
-        title="Reward against KL: checkpoints of every run (dotted: the matched KL)",
-        matched_kl=summary["matched_kl"],
     )
 
 
 def report_tables(results: dict[str, Any]) -> list[Table]:
-    """The objectives' table, and the token-AUC table of the weight methods when there is one."""
+    """The objectives' final table, their frontier table at the KL levels, and the token-AUC table of
+    the weight methods when there is one."""
     summary, reward = results["summary"], results["summary"]["reward_name"]
-    header = [
-        "model",
-        reward,
-        "win rate vs SFT",
-        "KL vs SFT",
-        f"{reward} at KL {summary['matched_kl']:.2f}",
-        "length",
-    ]
+    header = ["model", reward, "win rate vs SFT", "KL vs SFT", "length"]
     rows = [
         [
             objective,
             fmt_stat(values[reward]),
             fmt_stat(values["win_rate_vs_sft"]),
             fmt_stat(values["kl_vs_sft"]),
-            fmt_stat(values.get(f"{reward}_at_matched_kl", {})),
             fmt_stat(values["length"], 1),
         ]
         for objective, values in summary["objectives"].items()
     ]
     tables = [Table(header, rows)]
+    levels, baseline = summary.get("kl_levels") or [], summary.get("baseline")
+    if levels:
+        frontier_header = [
+            "model",
+            *(f"{reward} at KL {k:g}" for k in levels),
+            *(f"- {baseline} at KL {k:g}" for k in levels),
+            f"- {baseline}, mean over levels",
+        ]
+        frontier_rows = []
+        for objective, entry in summary["frontier"].items():
+            cells = [fmt_interval(level["reward"]) for level in entry["levels"]]
+            if objective == baseline:
+                cells += ["-"] * (len(levels) + 1)
+            else:
+                cells += [fmt_interval(level["vs_baseline"], signed=True) for level in entry["levels"]]
+                cells.append(f"{fmt_interval(entry['score'], signed=True)} ({verdict(entry['score'])})")
+            frontier_rows.append([objective, *cells])
+        tables.append(Table(frontier_header, frontier_rows))
     if results.get("weight_auc"):
         auc_header = ["weights from", "token AUC (all)", "context-dependent", "context-free", "tokens"]
         auc_rows = [
@@ -192,8 +205,9 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
         for stage in weight_stages:
             method = stage.removeprefix("weights_")
             rows = read_jsonl(os.path.join(ctx.inputs[stage], "weights.jsonl"))
-            # Random weights keep the rewards they were drawn beside, so an AUC of those would mislead.
-            if rows and "chosen_true_rewards" in rows[0] and method != "random":
+            # Random weights keep the rewards they were drawn beside, so an AUC of those would mislead; the
+            # oracle's rewards are the truth (an AUC of 1 by construction).
+            if rows and "chosen_true_rewards" in rows[0] and method not in ("random", "oracle", "oracle_sign"):
                 from tisdpo.demo.metrics import weight_auc
 
                 results["weight_auc"][method] = weight_auc(rows)

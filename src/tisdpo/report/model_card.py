@@ -247,6 +247,12 @@ def weight_source_lines(meta: dict[str, Any]) -> list[str]:
             f"- positive model: `{meta.get('positive_model')}`",
             f"- negative model: `{meta.get('negative_model')}`",
         ]
+    if method == "oracle":
+        return ["- source: the task's true token rewards (oracle; the ceiling of token weighting)"]
+    if method == "oracle_sign":
+        return [
+            "- source: estimated rewards with the sign of every truly rewarded token set by the truth (oracle sign)"
+        ]
     return ["- source: not recorded"]
 
 
@@ -256,7 +262,9 @@ def weight_transform_line(transform: dict[str, Any] | None) -> str:
         return "- transform: not recorded"
     name = transform.get("name", "?")
     params = ", ".join(f"{p}={transform[p]}" for p in TRANSFORM_PARAMETERS.get(name, ()) if p in transform)
-    return f"- transform: `{name}`" + (f" ({params})" if params else "")
+    normalize = transform.get("normalize", "none")
+    scaled = f", normalised to mean 1 per {normalize}" if normalize != "none" else ""
+    return f"- transform: `{name}`" + (f" ({params})" if params else "") + scaled
 
 
 def weights_section(info: ModelCardInfo) -> str | None:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tisdpo.utils import atomic_path
 
 DPI = 120
@@ -161,3 +163,90 @@ def frontier_plot(
             axes.legend(loc="best")
         save_png(figure, path)
     return drawn
+
+
+# ----------------------------------------------------------------------------- frontier bands
+
+
+@dataclass
+class FrontierBand:
+    """A mean frontier over seeds on a KL grid, with its pointwise interval, and the raw points."""
+
+    label: str
+    grid: list[float]
+    mean: list[float]
+    lo: list[float]
+    hi: list[float]
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class FrontierPanel:
+    title: str
+    bands: list[FrontierBand]
+    levels: list[float] = field(default_factory=list)
+
+
+def frontier_panel(
+    title: str,
+    runs: dict[str, dict[int, Sequence[tuple[float, float]]]],
+    sft: dict[int, float],
+    levels: Sequence[float],
+) -> FrontierPanel:
+    """A panel of every arm's mean frontier (``runs``: arm -> seed -> (KL, reward) points; ``sft``: the
+    SFT reward per seed, the frontier's KL-0 point), on a grid up to the largest KL any run reached."""
+    from tisdpo.report.frontier import max_kl, mean_curve
+
+    top = max((max_kl(points) for seeds in runs.values() for points in seeds.values()), default=1.0)
+    grid = [float(k) for k in np.linspace(0.0, max(top, 1e-6), 60)]
+    bands = []
+    for arm, seeds in runs.items():
+        seeds = {seed: points for seed, points in seeds.items() if seed in sft}
+        if not seeds:
+            continue
+        mean, lo, hi = mean_curve(seeds, sft, grid)
+        # Drawn up to the KL the arm's median seed reached: the flat frontier beyond is not a measurement.
+        reach = float(np.median([max_kl(points) for points in seeds.values()]))
+        drawn = [k <= reach for k in grid]
+        mean, lo, hi = ([v if keep else math.nan for v, keep in zip(values, drawn)] for values in (mean, lo, hi))
+        raw = [(max(0.0, k), r) for points in seeds.values() for k, r in points]
+        bands.append(FrontierBand(arm, grid, mean, lo, hi, raw))
+    return FrontierPanel(title, bands, list(levels))
+
+
+def frontier_bands_plot(
+    panels: Sequence[FrontierPanel],
+    path: str | os.PathLike[str],
+    *,
+    reward_label: str = "reward",
+    kl_label: str = KL_LABEL,
+    columns: int = 2,
+) -> None:
+    """One panel per comparison: each arm's mean frontier as a line with a shaded 95% band, its runs'
+    (KL, reward) points faint behind it, and the common KL levels as dotted verticals. PNG, atomically."""
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    with styled():
+        figure = new_figure(5.2 * columns, 3.8 * rows, layout="constrained")
+        for index, panel in enumerate(panels):
+            axes = figure.add_subplot(rows, columns, index + 1)
+            for number, band in enumerate(panel.bands):
+                color = f"C{number % 10}"
+                if band.points:
+                    axes.scatter(*zip(*band.points), s=6, color=color, alpha=0.25, linewidths=0)
+                axes.plot(band.grid, band.mean, color=color, linewidth=1.6, label=band.label)
+                finite = [
+                    (k, lo, hi)
+                    for k, lo, hi in zip(band.grid, band.lo, band.hi)
+                    if math.isfinite(lo) and math.isfinite(hi)
+                ]
+                if finite:
+                    kls, los, his = zip(*finite)
+                    axes.fill_between(kls, los, his, color=color, alpha=0.15, linewidth=0)
+            for level in panel.levels:
+                axes.axvline(level, color="grey", linestyle=":", linewidth=1)
+            axes.set_title(panel.title)
+            axes.set_xlabel(kl_label if index // columns == rows - 1 else "")
+            axes.set_ylabel(reward_label)
+            axes.legend(loc="lower right")
+        save_png(figure, path)

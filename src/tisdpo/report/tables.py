@@ -51,6 +51,17 @@ def fmt_stat(stat: dict[str, float] | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
+def fmt_interval(stat: dict[str, float] | None, signed: bool = False, digits: int = 2) -> str:
+    """A cell for ``{"mean", "lo", "hi", "n"}`` (:func:`tisdpo.report.frontier.interval`): ``mean [lo, hi]``;
+    ``signed`` writes the sign of a difference."""
+    if not stat or stat.get("n", 0) == 0 or not math.isfinite(stat.get("mean", float("nan"))):
+        return "-"
+    spec = f"+.{digits}f" if signed else f".{digits}f"
+    if not math.isfinite(stat.get("lo", float("nan"))):
+        return format(stat["mean"], spec)
+    return f"{format(stat['mean'], spec)} [{format(stat['lo'], spec)}, {format(stat['hi'], spec)}]"
+
+
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; a ``|`` inside a cell is escaped."""
 

@@ -33,7 +33,7 @@ from tisdpo.scoring import score_groups
 from tisdpo.utils import atomic_path, digest, file_identity
 from tisdpo.weights.io import read_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
-from tisdpo.weights.transforms import WeightTransformConfig, transform_pair
+from tisdpo.weights.transforms import WeightTransformConfig, normalize_weights, transform_pair
 
 if TYPE_CHECKING:
     from tisdpo.config import DataArguments, ModelArguments
@@ -89,6 +89,21 @@ def add_weights(
     }
 
 
+def normalize_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """The rows with their ``chosen_weights`` / ``rejected_weights`` rescaled as ``mode`` says
+    (:func:`~tisdpo.weights.transforms.normalize_weights`; ``none`` returns them unchanged)."""
+    if mode == "none":
+        return rows
+    flat = normalize_weights([row[f"{side}_weights"] for row in rows for side in ("chosen", "rejected")], mode)
+    out = []
+    for index, row in enumerate(rows):
+        chosen, rejected = flat[2 * index], flat[2 * index + 1]
+        out.append(
+            {**row, "chosen_weights": [float(w) for w in chosen], "rejected_weights": [float(w) for w in rejected]}
+        )
+    return out
+
+
 def rederive_weights(from_rewards: str, config: WeightTransformConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``--from_rewards``: new weights from a weights file's stored rewards, without any model; the rows and
     their provenance (the file's, with the new transform)."""
@@ -100,7 +115,11 @@ def rederive_weights(from_rewards: str, config: WeightTransformConfig) -> tuple[
     if not rows:
         raise UserError("the file has no rows", source=from_rewards)
     meta = read_meta(from_rewards) or {}
-    return rows, {**meta, "transform": dataclasses.asdict(config), "derived_from": from_rewards}
+    return normalize_rows(rows, config.normalize), {
+        **meta,
+        "transform": dataclasses.asdict(config),
+        "derived_from": from_rewards,
+    }
 
 
 # -- the contrast ---------------------------------------------------------------------------------
@@ -436,4 +455,4 @@ def estimate_weights(
         "dropped": dropped,
         "prompts_cut": cut,
     }
-    return EstimatedWeights(output, meta)
+    return EstimatedWeights(normalize_rows(output, config.normalize), meta)

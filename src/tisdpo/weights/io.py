@@ -69,6 +69,14 @@ def read_meta(path: str) -> dict[str, Any] | None:
             raise UserError(f"provenance file is not valid JSON ({err.msg})", source=sidecar) from None
 
 
+def write_weights_file(output_file: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Order matters for a kill at any moment: the old provenance goes first, then the rows and their
+    provenance are each renamed into place; a file never sits beside another run's provenance."""
+    remove_meta(output_file)
+    write_rows(output_file, rows)
+    write_meta(output_file, meta)
+
+
 def check_tokenizer(path: str, fingerprint: str) -> None:
     """Refuse a weights file whose provenance names another tokenizer."""
     meta = read_meta(path) if os.path.isfile(path) else None

@@ -28,6 +28,13 @@ name                        weight w_t (config fields in brackets)
 
 Unlike the reference code, ties never produce a position ramp (equal scores always get equal
 weights) and ranking is O(n log n).
+
+**Normalisation** (the paper's k, after the transform; ``normalize``): ``none`` keeps the weights
+as they are; ``response`` divides each response's weights by their mean (every response then has
+mean weight 1); ``dataset`` divides every weight by the mean weight over all tokens of both sides
+of the whole file (one k for the dataset). A mean weight above 1 acts like a larger beta (the
+margin in the loss is a weighted sum), so without normalisation a transform changes the step size
+as well as the emphasis; normalised weights may exceed the clamp bounds.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ TRANSFORM_NAMES: tuple[str, ...] = (
     "origin",
 )
 SIDES: tuple[str, ...] = ("chosen", "rejected")
+NORMALIZE_MODES: tuple[str, ...] = ("none", "response", "dataset")
 
 # exp(80) ~ 5.5e34 still fits in float64 and float32 after clamping; beyond it would only overflow.
 _EXP_ARG_LIMIT = 80.0
@@ -77,6 +85,7 @@ class WeightTransformConfig:
         scale_threshold: clip bound T of ``threshold_and_scale``. Default 1.5 (reference code).
         binary_top_fraction: share of tokens that ``binary`` sets to 1, in (0, 1]. Default 0.5.
         seed: base seed of ``random``. Default 0.
+        normalize: ``none``, ``response`` or ``dataset`` (see the module docstring). Default ``none``.
     """
 
     name: str = "exp"
@@ -90,6 +99,7 @@ class WeightTransformConfig:
     scale_threshold: float = 1.5
     binary_top_fraction: float = 0.5
     seed: int = 0
+    normalize: str = "none"
 
     def validate(self) -> WeightTransformConfig:
         """Raise ValueError with a readable message if a field is out of range; return self."""
@@ -142,6 +152,10 @@ class WeightTransformConfig:
         if not 0 < self.binary_top_fraction <= 1:
             raise ValueError(
                 f"weight transform 'binary_top_fraction' must be in (0, 1], got {self.binary_top_fraction}"
+            )
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(
+                f"weight normalisation '{self.normalize}' is unknown; choose one of: {', '.join(NORMALIZE_MODES)}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"weight transform 'seed' must be an integer, got {self.seed!r}")
@@ -231,3 +245,20 @@ def transform_pair(
         transform_rewards(chosen_rewards, "chosen", config, example_index),
         transform_rewards(rejected_rewards, "rejected", config, example_index),
     )
+
+
+def normalize_weights(weights: Sequence[np.ndarray], mode: str) -> list[np.ndarray]:
+    """Rescale every response's weights (chosen and rejected of every pair, in any order) to mean 1:
+    per response (``response``) or over all tokens together (``dataset``); ``none`` returns them as
+    they are. A response (or dataset) whose mean weight is 0 is left unchanged."""
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"weight normalisation '{mode}' is unknown; choose one of: {', '.join(NORMALIZE_MODES)}")
+    arrays = [np.asarray(w, dtype=np.float64) for w in weights]
+    if mode == "none":
+        return [a.astype(np.float32) for a in arrays]
+    if mode == "response":
+        return [(a / a.mean() if a.size and a.mean() > 0 else a).astype(np.float32) for a in arrays]
+    total = sum(float(a.sum()) for a in arrays)
+    count = sum(a.size for a in arrays)
+    scale = total / count if count and total > 0 else 1.0
+    return [(a / scale).astype(np.float32) for a in arrays]
