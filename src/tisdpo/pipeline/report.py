@@ -116,7 +116,7 @@ def frontier_png(summary: dict[str, Any], path: str) -> None:
         objective: {int(seed): [tuple(p) for p in points] for seed, points in seeds.items()}
         for objective, seeds in summary["frontier_points"].items()
     }
-    title = "Frontier per objective: best reward at KL <= K (mean over seeds, 95% band; dotted: the KL levels)"
+    title = "Best reward at KL <= K per objective (mean over seeds, 95% band)"  # the frontier
     frontier_bands_plot(
         [frontier_panel(title, runs, sft, summary["kl_levels"])],
         path,

@@ -227,7 +227,7 @@ def frontier_bands_plot(
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
     with styled():
-        figure = new_figure(5.2 * columns, 3.8 * rows, layout="constrained")
+        figure = new_figure(max(7.0, 5.2 * columns), (4.5 if rows == 1 else 3.8 * rows), layout="constrained")
         for index, panel in enumerate(panels):
             axes = figure.add_subplot(rows, columns, index + 1)
             for number, band in enumerate(panel.bands):
