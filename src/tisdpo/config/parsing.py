@@ -47,7 +47,11 @@ def load_yaml_config(path: str) -> dict[str, Any]:
         raise UserError("config file not found", source=path)
     with open(path, encoding="utf-8") as handle:
         try:
-            data = yaml.load(handle, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            loader = _UniqueKeyLoader(handle)  # a SafeLoader: what yaml.safe_load runs, plus the duplicate check
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             raise UserError(
