@@ -25,6 +25,21 @@ def task_config(spec: dict[str, Any], n_pairs: int, seed: int) -> TaskConfig:
         raise UserError(f"demo_task: {err}") from None
 
 
+def sft_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows that need no labels: every pair as it is, then swapped, so each response is once a target."""
+    plain = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
+    swapped = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in pairs]
+    return plain + swapped
+
+
+def build_base(config: TaskConfig, factory: dict[str, Any], out_dir: str) -> None:
+    """A word-level tokenizer trained on the task's text and an untrained tiny Llama, saved in ``out_dir``."""
+    from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
+
+    tokenizer = train_tokenizer(corpus_texts(config), out_dir, kind="word", vocab_size=1000)
+    build_tiny_llama(tokenizer, out_dir, **factory)
+
+
 def add_task_stage(builder: Any, spec: dict[str, Any]) -> None:
     """Stage ``task``: train / eval pairs, held-out prompts, and SFT rows (every response once as chosen)."""
     seed = int(spec.get("seed", 0))
@@ -39,9 +54,7 @@ def add_task_stage(builder: Any, spec: dict[str, Any]) -> None:
         write_rows(
             os.path.join(ctx.work_dir, "prompts.jsonl"), [{"prompt": p} for p in generate_prompts(n_prompts, seed)]
         )
-        swapped = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in train]
-        plain = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in train]
-        write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), plain + swapped)
+        write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), sft_rows(train))
 
     builder.add("task", action, {"spec": spec}, [], f"generate the ground-truth task ({train_config.n_pairs} pairs)")
 
@@ -52,10 +65,7 @@ def add_base_stage(builder: Any, factory: dict[str, Any]) -> None:
     config = task_config(spec, int(spec.get("n_train_pairs", 2000)), int(spec.get("seed", 0)))
 
     def action(ctx: StageContext) -> None:
-        from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
-
-        tokenizer = train_tokenizer(corpus_texts(config), ctx.work_dir, kind="word", vocab_size=1000)
-        build_tiny_llama(tokenizer, ctx.work_dir, **factory)
+        build_base(config, factory, ctx.work_dir)
         with open(os.path.join(ctx.work_dir, "factory.json"), "w", encoding="utf-8") as handle:
             json.dump(factory, handle)
 

@@ -24,23 +24,20 @@ from typing import Any
 
 from tisdpo.demo.oracle import ORACLE_SOURCES, write_oracle_weights
 from tisdpo.demo.study.plan import DEFAULT_VARIANT, DPO, DPO_REACH, Arm, StudyPlan
-from tisdpo.demo.study.units import Unit, read_result, run_units
+from tisdpo.demo.study.units import Unit, run_units
 from tisdpo.pipeline.engine import Pipeline, Stage, StageContext
 from tisdpo.report.frontier import best, compare_arms, kl_levels
-
-STUDY_FILES = ("study.json", "study.md")
 
 
 # -- data and models ----------------------------------------------------------------------------------
 def task_action(plan: StudyPlan):
     def action(ctx: StageContext) -> None:
+        from tisdpo.demo.stages import sft_rows
         from tisdpo.demo.task import TaskConfig, generate_pairs, generate_prompts
         from tisdpo.weights.io import write_rows
 
         pool = generate_pairs(TaskConfig(n_pairs=plan.sft_pairs, seed=plan.task_seed))
-        plain = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pool]
-        swapped = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in pool]
-        write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), plain + swapped)  # label-free: every response once
+        write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), sft_rows(pool))  # label-free: every response once
         prompts = generate_prompts(plan.n_eval_prompts, plan.task_seed)
         write_rows(os.path.join(ctx.work_dir, "prompts.jsonl"), [{"prompt": p} for p in prompts])
         summary = {}
@@ -63,12 +60,10 @@ def task_action(plan: StudyPlan):
 
 def base_action(plan: StudyPlan):
     def action(ctx: StageContext) -> None:
-        from tisdpo.demo.factory import build_tiny_llama, train_tokenizer
-        from tisdpo.demo.task import TaskConfig, corpus_texts
+        from tisdpo.demo.stages import build_base
+        from tisdpo.demo.task import TaskConfig
 
-        texts = corpus_texts(TaskConfig(n_pairs=plan.sft_pairs, seed=plan.task_seed))
-        tokenizer = train_tokenizer(texts, ctx.work_dir, kind="word", vocab_size=1000)
-        build_tiny_llama(tokenizer, ctx.work_dir, **plan.factory)
+        build_base(TaskConfig(n_pairs=plan.sft_pairs, seed=plan.task_seed), plan.factory, ctx.work_dir)
 
     return action
 
@@ -288,16 +283,6 @@ def grid_units(
     return units
 
 
-def collect(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[str, dict[str, dict[int, list]]]:
-    """regime -> arm -> seed -> [(kl, reward), ...] over betas and checkpoints."""
-    runs: dict[str, dict[str, dict[int, list]]] = {}
-    for unit in units:
-        tags = unit.tags
-        points = [(p["kl"], p["reward"]) for p in results[unit.name]["points"]]
-        runs.setdefault(tags["regime"], {}).setdefault(tags["arm"], {}).setdefault(tags["seed"], []).extend(points)
-    return runs
-
-
 def finished_grid(folder: str) -> dict[str, dict[str, dict[int, list]]]:
     """A finished grid stage's runs, read back from its units' result files."""
     runs: dict[str, dict[str, dict[int, list]]] = {}
@@ -490,6 +475,3 @@ def run_study(output_dir: str, config: str | None, workers: int | None, dry_run:
     with open(os.path.join(report, "study.md"), encoding="utf-8") as handle:
         print("\n" + handle.read())
     return folders
-
-
-__all__ = ["STUDY_FILES", "build_study", "read_result", "run_study"]
