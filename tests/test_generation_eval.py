@@ -272,6 +272,8 @@ def test_win_rate_counts_ties_half_and_the_bootstrap_resamples_prompts():
     assert metrics["gen/kl"] == pytest.approx(np.mean([0.1 * i for i in range(40) for _ in range(2)]))
     assert (metrics["gen/length_mean"], metrics["gen/baseline_length_mean"]) == (3.0, 4.0)
     assert (metrics["gen/eos_rate"], metrics["gen/baseline_eos_rate"]) == (1.0, 0.5)
+    assert metrics["gen/reward_per_token_mean"] == pytest.approx(np.mean(policy) / 3)  # every length is 3
+    assert metrics["gen/baseline_reward_per_token_mean"] == pytest.approx(np.mean(baseline) / 4)
     assert (metrics["gen/num_prompts"], metrics["gen/num_samples"], metrics["gen/num_responses"]) == (40, 2, 80)
 
     all_ties = summarize(records_from([[1.0]] * 5, [[1.0]] * 5), 5, 1)

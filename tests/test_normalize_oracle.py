@@ -37,9 +37,9 @@ def test_normalize_rows_pairs_chosen_with_rejected():
         {"chosen_weights": [2.0, 2.0], "rejected_weights": [1.0]},
         {"chosen_weights": [1.0], "rejected_weights": [4.0]},
     ]
-    out = normalize_rows(rows, "dataset")  # mean weight 2
+    out = normalize_rows(rows, WeightTransformConfig(normalize="dataset"))  # mean weight 2
     assert out[0]["chosen_weights"] == [1.0, 1.0] and out[1]["rejected_weights"] == [2.0]
-    assert normalize_rows(rows, "none") is rows
+    assert normalize_rows(rows, WeightTransformConfig()) is rows
 
 
 def test_weight_normalize_flag_rederives_mean_one_weights(tiny_model_dir, toy_data_files, tmp_path):

@@ -325,9 +325,22 @@ def test_p_method_rewards_equal_an_independent_teacher_forced_computation(p_weig
             assert ids == ids_negative == row[f"{side}_token_ids"]
             rewards = torch.tensor(row[f"{side}_token_rewards"], dtype=torch.float64)
             assert torch.allclose(rewards, positive - negative, atol=2e-4)
+            # The response text, then what the template adds: <|im_end|> and a newline, which weigh exactly 1.
+            content = tokenizer(row[side][0]["content"], add_special_tokens=False)["input_ids"]
+            assert ids[: len(content)] == content
+            assert [tokenizer.decode([i]) for i in ids[len(content) :]] == ["<|im_end|>", "\n"]
+            assert row[f"{side}_structural_positions"] == [len(content), len(content) + 1]
             sign = 1.0 if side == "chosen" else -1.0
             expected = (sign * rewards).exp().clamp(0.5, 2.0)
-            assert torch.allclose(torch.tensor(row[f"{side}_weights"], dtype=torch.float64), expected, atol=1e-6)
+            expected[len(content) :] = 1.0
+            weights = torch.tensor(row[f"{side}_weights"], dtype=torch.float64)
+            assert torch.allclose(weights, expected, atol=1e-6) and weights[len(content) :].tolist() == [1.0, 1.0]
+    for row in rows:  # every pair: the template's tokens, and only they, weigh exactly 1
+        for side in ("chosen", "rejected"):
+            ids, structural = row[f"{side}_token_ids"], row[f"{side}_structural_positions"]
+            assert [tokenizer.decode([ids[p]]) for p in structural] == ["<|im_end|>", "\n"]
+            assert structural == [len(ids) - 2, len(ids) - 1]
+            assert [row[f"{side}_weights"][p] for p in structural] == [1.0, 1.0]
     # The two system prompts really change the model's view: rewards are not all ~0.
     assert max(abs(r) for row in rows for r in row["chosen_token_rewards"]) > 0.1
 
@@ -344,6 +357,7 @@ def test_heatmap_of_the_real_weights(p_weights, tokenizer, tmp_path):
         for side in ("chosen", "rejected"):
             assert (row[side][0]["content"] + "<|im_end|>\n").replace("\n", "\u21b5") in shown
     assert page.count('class="tok') == sum(len(r["chosen_token_ids"]) + len(r["rejected_token_ids"]) for r in rows)
+    assert page.count('class="tok structural"') == 2 * 2 * len(rows)  # <|im_end|> and its newline, both sides
     for side in ("chosen", "rejected"):
         weights = [w for row in rows for w in row[f"{side}_weights"]]
         assert summary[side]["count"] == len(weights)

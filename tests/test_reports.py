@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from tisdpo.evaluation.report import frontier_plot as evaluation_frontier
@@ -80,13 +81,14 @@ def test_the_evaluation_frontier_uses_the_shared_plot(tmp_path):
 # ----------------------------------------------------------------------------- pipeline report
 
 
-def write_eval(folder: Path, label: str, kl: float, reward: float) -> None:
+def write_eval(folder: Path, label: str, kl: float, reward: float, **extra: float) -> None:
     metrics = {
         "gen/kl": kl,
         "gen/reward_mean": reward,
         "gen/baseline_reward_mean": 0.5,
         "gen/win_rate": 0.5 + kl / 10,
         "gen/length_mean": 20.0,
+        **{f"gen/{key}": value for key, value in extra.items()},
     }
     (folder / label).mkdir(parents=True, exist_ok=True)
     (folder / label / "eval_results.json").write_text(json.dumps(metrics))
@@ -150,6 +152,31 @@ def test_a_beta_sweep_is_one_frontier_per_objective(tmp_path):
     assert at_one["reward"]["mean"] == pytest.approx(2.0) and at_one["vs_baseline"]["mean"] == pytest.approx(0.5)
 
 
+def test_length_and_a_verdict_that_flips_under_length_control_are_reported(tmp_path):
+    # TIS-DPO earns more reward than DPO at every KL, but by writing three times as much: per token it earns less.
+    folders = {}
+    for seed in (0, 1, 2):
+        for objective, gain, length, ended in (("dpo", 1.0, 10.0, 1.0), ("tisdpo_D", 1.5, 30.0, 0.25)):
+            folder = tmp_path / f"eval_{objective}_s{seed}"
+            for label, kl in (("checkpoint-5", 1.0 + seed / 10), ("final", 2.0 + seed / 10)):
+                reward = 0.5 + gain * kl
+                per_token = {"reward_per_token_mean": reward / length, "baseline_reward_per_token_mean": 0.05}
+                write_eval(folder, label, kl, reward, length_mean=length, eos_rate=ended, **per_token)
+            folders[folder.name] = str(folder)
+    summary = summarize(folders, "reward")
+    tisdpo = summary["objectives"]["tisdpo_D"]
+    assert tisdpo["length"]["mean"] == 30.0 and tisdpo["ended"]["mean"] == 0.25
+    assert tisdpo["reward_per_token"]["mean"] == pytest.approx(
+        np.mean([(0.5 + 1.5 * (2 + s / 10)) / 30 for s in range(3)])
+    )
+    assert summary["frontier"]["tisdpo_D"]["score"]["lo"] > 0  # ahead on the reward
+    assert summary["frontier_per_token"]["tisdpo_D"]["score"]["hi"] < 0  # behind per token
+    final, frontier = markdown_tables({"summary": summary, "weight_auc": {}}).split("\n\n")[:2]
+    assert "| length | ended | reward per token |" in final.splitlines()[0]
+    assert "| 30.0 ± 0.0 | 0.25 ± 0.00 |" in final
+    assert "(worse; better on the reward: flips under length control)" in frontier
+
+
 def write_weights_stage(folder: Path, tokenizer_dir: str) -> None:
     folder.mkdir(parents=True)
     row = {
@@ -185,7 +212,14 @@ def test_the_report_stage_writes_its_files(tiny_model_dir, tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"summary", "weight_auc", "table"}
-    assert set(results["table"]["dpo"]) == {"score", "win_rate_vs_sft", "kl_vs_sft", "length"}
+    assert set(results["table"]["dpo"]) == {
+        "score",
+        "win_rate_vs_sft",
+        "kl_vs_sft",
+        "length",
+        "ended",
+        "reward_per_token",
+    }
     assert set(results["summary"]["frontier"]) == {"dpo", "tisdpo_D"}
     assert (out / "results.md").read_text().startswith("| model | score |")
     for name in ("frontier.png", "heatmap_D.png"):

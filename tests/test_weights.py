@@ -31,6 +31,17 @@ def naive_logps(model_dir: str, context_text: str, response: str) -> tuple[list[
     return completion, [float(logp[len(context) + j - 1, token]) for j, token in enumerate(completion)]
 
 
+def expected_plain_text_weights(row: dict, config: WeightTransformConfig, index: int) -> tuple[list, list]:
+    """Weights of a plain-text row computed independently: the transform of the response tokens' rewards,
+    then weight 1.0 on the EOS appended to each response (its only structural token)."""
+    for side in SIDES:
+        assert row[f"{side}_structural_positions"] == [len(row[f"{side}_token_ids"]) - 1]
+    chosen, rejected = transform_pair(
+        row["chosen_token_rewards"][:-1], row["rejected_token_rewards"][:-1], config, index
+    )
+    return chosen.tolist() + [1.0], rejected.tolist() + [1.0]
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> str:
     return str(write_jsonl(tmp_path_factory.mktemp("w") / "pairs.jsonl", toy_pairs(12, seed=3)))
@@ -49,13 +60,8 @@ def test_prompt_based_rewards_match_independent_computation(tiny_model_dir, smal
             _, neg = naive_logps(tiny_model_dir, PRESETS["harmful"] + original["prompt"], original[side])
             assert row[f"{side}_token_ids"] == ids
             assert row[f"{side}_token_rewards"] == pytest.approx([a - b for a, b in zip(pos, neg)], abs=2e-5)
-            expected = transform_pair(
-                row["chosen_token_rewards"],
-                row["rejected_token_rewards"],
-                WeightTransformConfig(),
-                0,
-            )[0 if side == "chosen" else 1]
-            assert row[f"{side}_weights"] == pytest.approx(expected.tolist())
+            expected = expected_plain_text_weights(row, WeightTransformConfig(), 0)[SIDES.index(side)]
+            assert row[f"{side}_weights"] == pytest.approx(expected)
     meta = json.loads(Path(str(out) + ".meta.json").read_text())
     assert (
         meta["method"] == "prompt"
@@ -122,8 +128,8 @@ def test_two_model_sources_end_to_end(method, transform, tiny_model_dir, toy_dat
     assert run(*train_argv(tiny_model_dir, out, tis, "--loss_type", "tisdpo", "--max_steps", "2", *COMMON)) == 0
     config = WeightTransformConfig(name=transform)
     for index, row in enumerate(rows):
-        chosen, rejected = transform_pair(row["chosen_token_rewards"], row["rejected_token_rewards"], config, index)
-        assert row["chosen_weights"] == chosen.tolist() and row["rejected_weights"] == rejected.tolist()
+        chosen, rejected = expected_plain_text_weights(row, config, index)
+        assert row["chosen_weights"] == chosen and row["rejected_weights"] == rejected
     # The two steps of 8 and 4 pairs train each of the 12 pairs once, untruncated at max_length 64: the
     # logged mean is the token-weighted mean of the file's chosen weights (neither transform has mean 1).
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -144,8 +150,8 @@ def test_from_rewards_rederives_weights_without_models(tiny_model_dir, small_dat
     config = WeightTransformConfig(name="binary", binary_top_fraction=0.25)
     for index, (a, b) in enumerate(zip(read_jsonl(first), read_jsonl(second))):
         assert a["chosen_token_rewards"] == b["chosen_token_rewards"]
-        chosen, rejected = transform_pair(a["chosen_token_rewards"], a["rejected_token_rewards"], config, index)
-        assert b["chosen_weights"] == chosen.tolist() and b["rejected_weights"] == rejected.tolist()
+        chosen, rejected = expected_plain_text_weights(a, config, index)
+        assert b["chosen_weights"] == chosen and b["rejected_weights"] == rejected
     meta = json.loads(Path(str(second) + ".meta.json").read_text())
     assert (
         meta["transform"]["name"] == "binary"

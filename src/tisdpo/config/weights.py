@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from tisdpo.errors import UserError
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
-from tisdpo.weights.transforms import NORMALIZE_MODES, TRANSFORM_NAMES, WeightTransformConfig
+from tisdpo.weights.transforms import NORMALIZE_MODES, STRUCTURAL_MODES, TRANSFORM_NAMES, WeightTransformConfig
 
 # WeightTransformConfig field -> its flag.
 TRANSFORM_FLAGS: dict[str, str] = {
@@ -28,6 +28,7 @@ TRANSFORM_FLAGS: dict[str, str] = {
     "binary_top_fraction": "weight_binary_top_fraction",
     "seed": "weight_seed",
     "normalize": "weight_normalize",
+    "structural": "weight_structural",
 }
 _TRANSFORM_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(WeightTransformConfig)}
 
@@ -80,6 +81,12 @@ class WeightsArguments:
         "normalize",
         "After the transform, rescale weights to mean 1: none, response (each response) or dataset (one k for "
         "all tokens of the file).",
+    )  # type: ignore[valid-type]
+    weight_structural: Literal[STRUCTURAL_MODES] = _transform_option(
+        "structural",
+        "neutral: the tokens the chat template or tokenizer adds around a response (end-of-turn, EOS, the newline "
+        "after it) get weight 1 and are left out of ranks and normalisation; estimated: weight them like words "
+        "(the paper's literal form, which teaches chat models not to end their turn).",
     )  # type: ignore[valid-type]
     batch_size: int = field(default=16, metadata={"help": "Responses per forward pass (length-sorted; a pair is two)."})
     shared_prompt: bool = field(

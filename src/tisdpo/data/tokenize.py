@@ -9,6 +9,14 @@ A pair is tokenized as ``prompt_ids`` followed by each response's ``completion i
   conversation; the completion is the text the conversation adds after the prompt, encoded
   without special tokens (the template already closes the turn).
 
+**Structural tokens.** Some completion tokens are format, not content: what the chat template adds
+around the response text (end-of-turn marker, the newline after it, role headers that fall inside the
+completion) and the EOS appended to plain text. ``TokenizedPair.chosen_structural`` /
+``rejected_structural`` list their positions, decided by where each token's characters come from, not
+by its id: a token that covers any character of the response text is content, even when its id is the
+EOS (a response may spell it). Token weights give these positions weight 1 (docs/method.md, "Structural
+tokens").
+
 Truncation keeps the end of the prompt (``max_prompt_length``) and the start of each completion
 (``max_length``). A pair left with no completion token on either side is dropped, never trained
 as a NaN.
@@ -24,7 +32,7 @@ then the start of its first kept message. The completion ids are the trainer's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tisdpo.data.formats import is_conversation
@@ -40,6 +48,8 @@ class TokenizedPair:
     chosen_full_ids: list[int]  # completion tokens before truncation
     rejected_full_ids: list[int]
     prompt_cut: bool = False  # the prompt was longer than max_prompt_length and lost its start
+    chosen_structural: list[int] = field(default_factory=list)  # positions in chosen_ids that are format
+    rejected_structural: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,19 @@ class PromptContext:
 PromptWrapper = Callable[[Any], Any]
 
 
+# Character spans [start, end) of the response text inside a rendered completion.
+Spans = tuple[tuple[int, int], ...]
+
+
 @dataclass(frozen=True)
 class RenderedPair:
     prompt: str
     chosen: str
     rejected: str
     chat: bool
+    # Chat only: where the response text stands in each completion (None: not found in the rendering).
+    chosen_content: Spans | None = None
+    rejected_content: Spans | None = None
 
 
 class PairTokenizer:
@@ -97,7 +114,14 @@ class PairTokenizer:
                     "the chat template renders the prompt differently inside the full conversation; cannot split prompt and response"
                 )
             completions.append(full[len(prompt_text) :])
-        return RenderedPair(prompt_text, completions[0], completions[1], chat=True)
+        return RenderedPair(
+            prompt_text,
+            completions[0],
+            completions[1],
+            chat=True,
+            chosen_content=content_spans(completions[0], chosen),
+            rejected_content=content_spans(completions[1], rejected),
+        )
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_prompt(self, text: str, chat: bool) -> list[int]:
@@ -112,6 +136,36 @@ class PairTokenizer:
     def encode_completion(self, text: str, chat: bool) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids if chat else ids + [self.tokenizer.eos_token_id]
+
+    def structural_positions(self, text: str, content: Spans | None, ids: list[int], chat: bool) -> list[int]:
+        """Positions of ``ids`` (``encode_completion(text, chat)``) that cover no character of the response
+        text, whose spans in ``text`` are ``content``. Plain text: the appended EOS only. A chat template
+        that changes the response text beyond trimming (``content`` None): the special tokens."""
+        if not chat:
+            return [len(ids) - 1]
+        if content is None:
+            special = set(self.tokenizer.all_special_ids)
+            return [position for position, token in enumerate(ids) if token in special]
+        if self.tokenizer.is_fast:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        else:
+            offsets = self._prefix_offsets(text, content, len(ids))
+        return [
+            position
+            for position, (start, end) in enumerate(offsets)
+            if not any(start < span_end and end > span_start and end > start for span_start, span_end in content)
+        ]
+
+    def _prefix_offsets(self, text: str, content: Spans, count: int) -> list[tuple[int, int]]:
+        """Token spans for a tokenizer without offsets: a token belongs to the content span whose text
+        encodes to the tokens up to it (counted by encoding the text up to each span boundary)."""
+        offsets = [(0, 0)] * count
+        for start, end in content:
+            first = len(self.tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+            last = len(self.tokenizer(text[:end], add_special_tokens=False)["input_ids"])
+            for position in range(first, min(last, count)):
+                offsets[position] = (start, end)
+        return offsets
 
     def truncate_prompt(self, ids: list[int]) -> list[int]:
         limit = self.max_prompt_length
@@ -140,8 +194,19 @@ class PairTokenizer:
         if not chosen_kept or not rejected_kept:
             return None
         return TokenizedPair(
-            prompt_ids, chosen_kept, rejected_kept, chosen, rejected, prompt_cut=len(prompt_ids) < len(full_prompt_ids)
+            prompt_ids,
+            chosen_kept,
+            rejected_kept,
+            chosen,
+            rejected,
+            prompt_cut=len(prompt_ids) < len(full_prompt_ids),
+            chosen_structural=self._kept_structural(rendered, "chosen", chosen, len(chosen_kept)),
+            rejected_structural=self._kept_structural(rendered, "rejected", rejected, len(rejected_kept)),
         )
+
+    def _kept_structural(self, rendered: RenderedPair, side: str, ids: list[int], kept: int) -> list[int]:
+        text, content = getattr(rendered, side), getattr(rendered, f"{side}_content")
+        return [p for p in self.structural_positions(text, content, ids, rendered.chat) if p < kept]
 
     # -- contrastive contexts (TIS-DPO(P), DLMA) ----------------------------------------------
     def contrast_prompt(self, prompt: Any, wrap: PromptWrapper) -> PromptContext:
@@ -223,6 +288,25 @@ class PairTokenizer:
         # Where the dropped tokens end, so that a kept token's leading space stays with it.
         end = max((span[1] for span in encoded["offset_mapping"][:count]), default=0) if self.tokenizer.is_fast else 0
         return text[end:] if end > 0 else self.tokenizer.decode(ids[count:])
+
+
+def content_spans(completion: str, response: list[dict[str, Any]]) -> Spans | None:
+    """Where each message's text of ``response`` stands in its rendered ``completion``, in order (a
+    template that trims the text is followed). None when a message's text cannot be found there."""
+    spans, cursor = [], 0
+    for message in response:
+        text = message.get("content")
+        if not isinstance(text, str) or not text:
+            continue
+        for candidate in (text, text.strip()):
+            start = completion.find(candidate, cursor) if candidate else -1
+            if start >= 0:
+                spans.append((start, start + len(candidate)))
+                cursor = start + len(candidate)
+                break
+        else:
+            return None
+    return tuple(spans) if spans else None
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -65,7 +65,7 @@ def oracle_weight_rows(rows: list[dict[str, Any]], kind: str, config: WeightTran
     for index, row in enumerate(rows):
         where = f"row {index + 1}"
         weighted.append(add_weights({**row, **oracle_rewards(row, kind, where)}, config, index, where=where))
-    return normalize_rows(weighted, config.normalize)
+    return normalize_rows(weighted, config)
 
 
 def write_oracle_weights(source_file: str, output_file: str, kind: str, config: WeightTransformConfig) -> None:

@@ -11,6 +11,9 @@ per scorer key), ``kl``, ``length`` / ``baseline_length`` and ``finished`` / ``b
   ``gen/win_rate_ci_low`` / ``_high``: 95% percentile bootstrap interval resampling prompts
   (``numpy.random.default_rng(seed).integers(0, P, size=(B, P))`` over the per-prompt means,
   ``numpy.percentile`` at 2.5 and 97.5). ``gen/tie_rate``: share of ties.
+* ``gen/reward_per_token_mean``, ``gen/baseline_reward_per_token_mean``: the primary reward divided by the
+  response's length (``max(length, 1)``), mean over responses: a length-controlled reward (a reward that
+  sums over words grows with length; on a word-level tokenizer this is the reward per word).
 * A second reward (the reward model when a callable is the primary one) gets the same keys named
   ``gen/reward_model_mean``, ``gen/baseline_reward_model_mean``, ``gen/reward_model_win_rate`` ...
 * ``gen/kl``, ``gen/kl_std``, ``gen/kl_stderr``: per response, the sum over its generated tokens
@@ -139,6 +142,9 @@ def summarize(
         metrics[f"gen/{win_name}_ci_high"] = high
         if key == primary:
             metrics["gen/tie_rate"] = float(np.mean([w == 0.5 for w in wins]))
+            for side, prefix, values in (("", "", policy), ("baseline_", "baseline_", baseline)):
+                per_token = [v / max(r[f"{side}length"], 1) for v, r in zip(values, records)]
+                metrics[f"gen/{prefix}reward_per_token_mean"] = float(np.mean(per_token))
 
     if "safe" in keys:
         metrics["gen/safe_rate"] = float(np.mean([r["scores"]["safe"] for r in records]))

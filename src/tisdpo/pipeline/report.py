@@ -4,7 +4,11 @@ Every number comes from the evaluation folders of this run. Objectives are compa
 end of training, and on their reward-KL frontiers (:mod:`tisdpo.report.frontier`: the best reward
 each run reached at KL at most K over its checkpoints) at three common KL levels, with 95%
 intervals over seeds and paired differences to DPO, because a single (step, reward) point, or one
-interpolated matched-KL point, can favour either method. This module decides what is compared; the
+interpolated matched-KL point, can favour either method. A reward that sums over words grows with
+length, so every objective is also reported with its mean length, its share of responses that ended
+(EOS before the token limit) and its reward per token (``gen/reward_per_token_mean``), and the frontier
+comparison is repeated on that length-controlled reward: a verdict that changes under length control is
+marked as such. This module decides what is compared; the
 tables, plots, heatmaps and page are drawn by :mod:`tisdpo.report`.
 """
 
@@ -63,7 +67,9 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
     levels (paired with DPO's, or with the first objective's when there is no DPO)."""
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {}
     merged: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    merged_per_token: dict[str, dict[int, list[tuple[float, float]]]] = {}
     sft_reward: dict[int, float] = {}
+    sft_per_token: dict[int, float] = {}
     for name, folder in eval_dirs.items():
         match = STAGE_NAME.match(name)
         if not match:
@@ -75,9 +81,15 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
             continue
         # Every evaluation samples the SFT model with its seed too: that is the frontier's KL-0 point.
         sft_reward[seed] = curve[-1]["gen/baseline_reward_mean"]
+        per_token = all("gen/reward_per_token_mean" in p for p in curve)
+        if per_token:
+            sft_per_token[seed] = curve[-1]["gen/baseline_reward_per_token_mean"]
         if objective != "sft":
             points = merged.setdefault(objective, {}).setdefault(seed, [])
             points += [(p["gen/kl"], p["gen/reward_mean"]) for p in curve]
+            if per_token:
+                points = merged_per_token.setdefault(objective, {}).setdefault(seed, [])
+                points += [(p["gen/kl"], p["gen/reward_per_token_mean"]) for p in curve]
     objectives: dict[str, Any] = {}
     for label, seeds in runs.items():
         finals = [curve[-1] for curve in seeds.values() if curve]
@@ -86,6 +98,8 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
             "win_rate_vs_sft": mean_std([f["gen/win_rate"] for f in finals]),
             "kl_vs_sft": mean_std([f["gen/kl"] for f in finals]),
             "length": mean_std([f["gen/length_mean"] for f in finals]),
+            "ended": mean_std([f.get("gen/eos_rate") for f in finals]),
+            "reward_per_token": mean_std([f.get("gen/reward_per_token_mean") for f in finals]),
             "seeds": {
                 str(seed): [
                     {k: p.get(k) for k in ("label", "gen/reward_mean", "gen/kl", "gen/win_rate")} for p in curve
@@ -101,11 +115,14 @@ def summarize(eval_dirs: dict[str, str], reward_name: str) -> dict[str, Any]:
         "frontier_points": {o: {str(s): p for s, p in seeds.items()} for o, seeds in merged.items()},
         "kl_levels": [],
         "baseline": None,
+        "frontier_per_token": {},
     }
     if merged:
         baseline = "dpo" if "dpo" in merged else next(iter(merged))
         levels = kl_levels(merged[baseline], KL_FRACTIONS)
         summary.update(frontier=compare_arms(merged, sft_reward, levels, baseline), kl_levels=levels, baseline=baseline)
+        if set(merged_per_token) == set(merged) and baseline in merged_per_token:
+            summary["frontier_per_token"] = compare_arms(merged_per_token, sft_per_token, levels, baseline)
     return summary
 
 
@@ -125,11 +142,18 @@ def frontier_png(summary: dict[str, Any], path: str) -> None:
     )
 
 
+def length_controlled_cell(score: dict[str, float], per_token: dict[str, float]) -> str:
+    """The per-token score with its verdict, marked when the verdict differs from the reward's."""
+    raw, controlled = verdict(score), verdict(per_token)
+    flip = f"; {raw} on the reward: flips under length control" if controlled != raw else ""
+    return f"{fmt_interval(per_token, signed=True, digits=3)} ({controlled}{flip})"
+
+
 def report_tables(results: dict[str, Any]) -> list[Table]:
     """The objectives' final table, their frontier table at the KL levels, and the token-AUC table of
     the weight methods when there is one."""
     summary, reward = results["summary"], results["summary"]["reward_name"]
-    header = ["model", reward, "win rate vs SFT", "KL vs SFT", "length"]
+    header = ["model", reward, "win rate vs SFT", "KL vs SFT", "length", "ended", f"{reward} per token"]
     rows = [
         [
             objective,
@@ -137,6 +161,8 @@ def report_tables(results: dict[str, Any]) -> list[Table]:
             fmt_stat(values["win_rate_vs_sft"]),
             fmt_stat(values["kl_vs_sft"]),
             fmt_stat(values["length"], 1),
+            fmt_stat(values.get("ended", {"n": 0})),
+            fmt_stat(values.get("reward_per_token", {"n": 0}), 3),
         ]
         for objective, values in summary["objectives"].items()
     ]
@@ -149,14 +175,19 @@ def report_tables(results: dict[str, Any]) -> list[Table]:
             *(f"- {baseline} at KL {k:g}" for k in levels),
             f"- {baseline}, mean over levels",
         ]
+        per_token = summary.get("frontier_per_token") or {}
+        if per_token:
+            frontier_header.append(f"per token: - {baseline}, mean over levels")
         frontier_rows = []
         for objective, entry in summary["frontier"].items():
             cells = [fmt_interval(level["reward"]) for level in entry["levels"]]
             if objective == baseline:
-                cells += ["-"] * (len(levels) + 1)
+                cells += ["-"] * (len(levels) + 1 + bool(per_token))
             else:
                 cells += [fmt_interval(level["vs_baseline"], signed=True) for level in entry["levels"]]
                 cells.append(f"{fmt_interval(entry['score'], signed=True)} ({verdict(entry['score'])})")
+                if per_token:
+                    cells.append(length_controlled_cell(entry["score"], per_token[objective]["score"]))
             frontier_rows.append([objective, *cells])
         tables.append(Table(frontier_header, frontier_rows))
     if results.get("weight_auc"):

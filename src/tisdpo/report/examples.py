@@ -100,6 +100,8 @@ def heatmap_examples(records: RawRecords, tokenizer: Any, value: Value = "weight
                 title=f"example {index}",
                 chosen_rewards=row.get("chosen_token_rewards"),
                 rejected_rewards=row.get("rejected_token_rewards"),
+                chosen_structural=row.get("chosen_structural_positions"),
+                rejected_structural=row.get("rejected_structural_positions"),
             )
         )
     return examples

@@ -9,7 +9,10 @@ Building examples from a weights file (decoding token ids, checking the rows) is
 :mod:`tisdpo.report.examples`.
 
 Colours use one diverging scale for the whole page: white at ``center`` (1.0 for weights, i.e. the
-DPO weight; 0.0 otherwise), red above, blue below, symmetric up to the largest deviation.
+DPO weight; 0.0 otherwise), red above, blue below, symmetric up to the largest deviation. Structural
+tokens (what the chat template or tokenizer adds around a response: end-of-turn, EOS; weight 1 by
+default) are drawn neutral grey with a dashed outline (hatched in the PNG), whatever their value, and
+named as such on hover.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ _LOW_RGB = (33, 102, 172)  # blue, below center
 _MID_RGB = (255, 255, 255)
 _HIGH_RGB = (178, 24, 43)  # red, above center
 _NAN_RGB = (204, 204, 204)
+_STRUCTURAL_RGB = (232, 232, 232)
 _HIST_BINS = 20
 _TOP_TOKENS = 15
 
@@ -56,6 +60,12 @@ class HeatmapExample:
     title: str = ""
     chosen_rewards: list[float] | None = None
     rejected_rewards: list[float] | None = None
+    chosen_structural: list[int] | None = None  # positions of structural tokens (format, not content)
+    rejected_structural: list[int] | None = None
+
+    def structural(self, side: str) -> set[int]:
+        """Positions of ``side``'s structural tokens (empty when not recorded)."""
+        return set(getattr(self, f"{side}_structural") or ())
 
     def side(self, side: str) -> tuple[list[str], list[float], list[float] | None]:
         """(tokens, values, rewards) of ``side`` ('chosen' or 'rejected'), lengths checked."""
@@ -162,17 +172,26 @@ h3 { font-size: .95em; margin: .8em 0 .2em; text-transform: uppercase; color: #5
   background: linear-gradient(to right, %(low)s, %(mid)s, %(high)s); }
 .ticks { display: flex; justify-content: space-between; width: 20em; }
 .none { color: #888; font-style: italic; }
+.structural { outline: 1px dashed #888; outline-offset: -1px; }
 """
 
 
-def _token_html(token: str, value: float, reward: float | None, label: str, center: float, scale: float) -> str:
+def _token_html(
+    token: str, value: float, reward: float | None, label: str, center: float, scale: float, structural: bool = False
+) -> str:
     tip = f"{token!r}\n{label} = {_format(value)}"
     if reward is not None:
         tip += f"\nreward = {_format(reward)}"
-    style = f"background:{_hex(_rgb(value, center, scale))};color:{_text_hex(value, center, scale)}"
+    if structural:
+        tip += "\nstructural token (format, not content)"
+        style = f"background:{_hex(_STRUCTURAL_RGB)};color:#555555"
+    else:
+        style = f"background:{_hex(_rgb(value, center, scale))};color:{_text_hex(value, center, scale)}"
     body = html.escape(token, quote=False).replace("\r", "")
     body = body.replace("\n", '<span class="nl">\u21b5</span><br>')
     css_class = "tok empty" if token == "" else "tok"
+    if structural:
+        css_class += " structural"
     return f'<span class="{css_class}" style="{style}" title="{html.escape(tip, quote=True)}">{body}</span>'
 
 
@@ -193,7 +212,9 @@ def _html_page(examples: Sequence[HeatmapExample], value_label: str, center: flo
         f'<div class="legend"><div>{label} (hover a token for details)</div>',
         '<div class="bar"></div><div class="ticks">',
         f"<span>{_format(center - scale)}</span><span>{_format(center)}</span>"
-        f"<span>{_format(center + scale)}</span></div></div>",
+        f"<span>{_format(center + scale)}</span></div>",
+        f'<div><span class="swatch structural" style="background:{_hex(_STRUCTURAL_RGB)}">&nbsp;&nbsp;</span> '
+        "structural token: added by the chat template or tokenizer (format, not content)</div></div>",
     ]
     for number, example in enumerate(examples):
         title = example.title or f"Example {number + 1}"
@@ -201,6 +222,7 @@ def _html_page(examples: Sequence[HeatmapExample], value_label: str, center: flo
         parts.append(f'<div class="prompt">{html.escape(example.prompt)}</div>')
         for side in SIDES:
             tokens, values, rewards = example.side(side)
+            structural = example.structural(side)
             spans = [
                 _token_html(
                     token,
@@ -209,6 +231,7 @@ def _html_page(examples: Sequence[HeatmapExample], value_label: str, center: flo
                     value_label,
                     center,
                     scale,
+                    i in structural,
                 )
                 for i, (token, value) in enumerate(zip(tokens, values))
             ]
@@ -246,11 +269,17 @@ def _colormap() -> Any:
     return LinearSegmentedColormap.from_list("tisdpo_diverging", colors)
 
 
-def _wrap_tokens(tokens: list[str], values: list[float]) -> tuple[list[list[tuple[int, str, float]]], bool]:
-    """Lay tokens out on lines of _LINE_CHARS: [(column, text, value)] per line, truncated flag."""
-    lines: list[list[tuple[int, str, float]]] = [[]]
+_Placed = tuple[int, str, float, bool]  # column, text, value, structural
+
+
+def _wrap_tokens(
+    tokens: list[str], values: list[float], structural: set[int] | None = None
+) -> tuple[list[list[_Placed]], bool]:
+    """Lay tokens out on lines of _LINE_CHARS: [(column, text, value, structural)] per line, truncated flag."""
+    lines: list[list[_Placed]] = [[]]
     column = 0
-    for token, value in zip(tokens, values):
+    structural = structural or set()
+    for position, (token, value) in enumerate(zip(tokens, values)):
         chunks = token.replace("\r", "").split("\n")
         for i, chunk in enumerate(chunks):
             newline = i < len(chunks) - 1
@@ -263,7 +292,7 @@ def _wrap_tokens(tokens: list[str], values: list[float]) -> tuple[list[list[tupl
                 lines.append([])
                 column = 0
             if text:
-                lines[-1].append((column, text, value))
+                lines[-1].append((column, text, value, position in structural))
                 column += len(text)
             if newline:
                 lines.append([])
@@ -316,7 +345,7 @@ def render_png(
         rows.append(("title", _one_line(f"{title}: {example.prompt}", _LINE_CHARS - 5)))
         for side in SIDES:
             tokens, values, _ = example.side(side)
-            lines, truncated = _wrap_tokens(tokens, values)
+            lines, truncated = _wrap_tokens(tokens, values, example.structural(side))
             rows.append(("label", side + (" (truncated)" if truncated else "")))
             rows.extend(("tokens", line) for line in lines)
             if not lines:
@@ -355,16 +384,20 @@ def render_png(
         elif kind == "label":
             ax.text(0, y, payload, color="#555555", style="italic", ha="left", **text_args)
         elif kind == "tokens":
-            for column, text, value in payload:
-                face = cmap(norm(value)) if math.isfinite(value) else (0.8, 0.8, 0.8, 1.0)
+            for column, text, value, structural in payload:
+                if structural:
+                    face = tuple(c / 255 for c in _STRUCTURAL_RGB)
+                else:
+                    face = cmap(norm(value)) if math.isfinite(value) else (0.8, 0.8, 0.8, 1.0)
                 ax.add_patch(
                     Rectangle(
                         (column, row + 0.1),
                         len(text),
                         0.8,
                         facecolor=face,
-                        edgecolor="#bbbbbb",
+                        edgecolor="#888888" if structural else "#bbbbbb",
                         linewidth=0.3,
+                        hatch="///" if structural else None,
                     )
                 )
                 ax.text(
@@ -373,7 +406,7 @@ def render_png(
                     text,
                     family="monospace",
                     ha="left",
-                    color=_text_hex(value, mid, scale),
+                    color="#555555" if structural else _text_hex(value, mid, scale),
                     **text_args,
                 )
 

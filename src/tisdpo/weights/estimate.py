@@ -33,7 +33,7 @@ from tisdpo.scoring import score_groups
 from tisdpo.utils import atomic_path, digest, file_identity
 from tisdpo.weights.io import read_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
-from tisdpo.weights.transforms import WeightTransformConfig, normalize_weights, transform_pair
+from tisdpo.weights.transforms import WeightTransformConfig, content_mask, normalize_weights, transform_pair
 
 if TYPE_CHECKING:
     from tisdpo.config import DataArguments, ModelArguments
@@ -70,13 +70,26 @@ def check_rewards(row: dict[str, Any], source: str, where: str) -> None:
             )
 
 
+STRUCTURAL_KEYS: tuple[str, str] = ("chosen_structural_positions", "rejected_structural_positions")
+
+
+def structural_positions(row: dict[str, Any]) -> tuple[list[int] | None, list[int] | None]:
+    """The structural token positions a weights row records for each side (None: not recorded)."""
+    return row.get(STRUCTURAL_KEYS[0]), row.get(STRUCTURAL_KEYS[1])
+
+
 def add_weights(
     row: dict[str, Any], config: WeightTransformConfig, example_index: int, source: str = "", where: str = ""
 ) -> dict[str, Any]:
-    """The row with ``chosen_weights`` / ``rejected_weights`` from its token rewards."""
+    """The row with ``chosen_weights`` / ``rejected_weights`` from its token rewards (structural tokens
+    weight 1 unless ``config.structural`` is ``estimated``)."""
     try:
         chosen, rejected = transform_pair(
-            row["chosen_token_rewards"], row["rejected_token_rewards"], config, example_index
+            row["chosen_token_rewards"],
+            row["rejected_token_rewards"],
+            config,
+            example_index,
+            structural_positions(row),
         )
     except ValueError as err:  # e.g. a model gave a token probability 0: reward -inf
         raise UserError(
@@ -89,12 +102,18 @@ def add_weights(
     }
 
 
-def normalize_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """The rows with their ``chosen_weights`` / ``rejected_weights`` rescaled as ``mode`` says
-    (:func:`~tisdpo.weights.transforms.normalize_weights`; ``none`` returns them unchanged)."""
-    if mode == "none":
+def normalize_rows(rows: list[dict[str, Any]], config: WeightTransformConfig) -> list[dict[str, Any]]:
+    """The rows with their ``chosen_weights`` / ``rejected_weights`` rescaled as ``config.normalize`` says
+    (:func:`~tisdpo.weights.transforms.normalize_weights`, over content tokens only unless
+    ``config.structural`` is ``estimated``; ``none`` returns the rows unchanged)."""
+    if config.normalize == "none":
         return rows
-    flat = normalize_weights([row[f"{side}_weights"] for row in rows for side in ("chosen", "rejected")], mode)
+    weights, masks = [], []
+    for row in rows:
+        for side, positions in zip(("chosen", "rejected"), structural_positions(row)):
+            weights.append(row[f"{side}_weights"])
+            masks.append(content_mask(len(row[f"{side}_weights"]), positions, config))
+    flat = normalize_weights(weights, config.normalize, masks)
     out = []
     for index, row in enumerate(rows):
         chosen, rejected = flat[2 * index], flat[2 * index + 1]
@@ -114,8 +133,17 @@ def rederive_weights(from_rewards: str, config: WeightTransformConfig) -> tuple[
         rows.append(add_weights(row, config, index, records.source, records.where(index)))
     if not rows:
         raise UserError("the file has no rows", source=from_rewards)
+    unmarked = sum(None in structural_positions(row) for row in records.rows)
+    if unmarked and config.structural == "neutral":
+        logger.warning(
+            "%s: %d of %d row(s) do not record their structural tokens (written before structural tokens were recorded): their "
+            "end-of-turn/EOS tokens are weighted like words; re-run `tisdpo weights` to give them weight 1",
+            from_rewards,
+            unmarked,
+            len(rows),
+        )
     meta = read_meta(from_rewards) or {}
-    return normalize_rows(rows, config.normalize), {
+    return normalize_rows(rows, config), {
         **meta,
         "transform": dataclasses.asdict(config),
         "derived_from": from_rewards,
@@ -249,6 +277,8 @@ def score_part(
             "rejected_token_ids": pairs[i].rejected_ids,
             "chosen_token_rewards": [a - b for a, b in zip(pos[2 * k], neg[2 * k])],
             "rejected_token_rewards": [a - b for a, b in zip(pos[2 * k + 1], neg[2 * k + 1])],
+            STRUCTURAL_KEYS[0]: pairs[i].chosen_structural,
+            STRUCTURAL_KEYS[1]: pairs[i].rejected_structural,
         }
         out[i] = {"result": result, "prompt_cut": cut[i]}
     return out
@@ -259,7 +289,7 @@ def score_part(
 # weight transform (every ``weight_*`` flag), applied to the merged rewards after scoring. Every other
 # option of every argument group is in the fingerprint of the parts, so none can be forgotten.
 NOT_IN_PARTS = ("output_file", "from_rewards")
-PARTS_FORMAT = 2  # part lines: {"result": ..., "prompt_cut": ...}
+PARTS_FORMAT = 3  # part lines: {"result": ..., "prompt_cut": ...}; results record structural positions
 
 
 def parts_dir(output_file: str) -> str:
@@ -455,4 +485,4 @@ def estimate_weights(
         "dropped": dropped,
         "prompts_cut": cut,
     }
-    return EstimatedWeights(normalize_rows(output, config.normalize), meta)
+    return EstimatedWeights(normalize_rows(output, config), meta)

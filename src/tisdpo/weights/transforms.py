@@ -29,6 +29,15 @@ name                        weight w_t (config fields in brackets)
 Unlike the reference code, ties never produce a position ramp (equal scores always get equal
 weights) and ranking is O(n log n).
 
+**Structural tokens** (``structural``): the completion tokens that the chat template or the
+tokenizer adds around the response text (end-of-turn marker, the newline after it, EOS; their
+positions come from :mod:`tisdpo.data.tokenize`) are format, not content. With ``neutral`` (default)
+they get weight exactly 1, the transform sees only the content tokens (ranks, top fractions and random
+draws are over those), and normalisation averages over content tokens only. ``estimated`` weights them
+like any token (the paper's literal form). Why: their reward measures length and format (a contrast
+that prefers one side's length prices the end-of-turn token), and weighting it teaches a chat model not
+to end its turn (docs/method.md, "Structural tokens").
+
 **Normalisation** (the paper's k, after the transform; ``normalize``): ``none`` keeps the weights
 as they are; ``response`` divides each response's weights by their mean (every response then has
 mean weight 1); ``dataset`` divides every weight by the mean weight over all tokens of both sides
@@ -57,6 +66,7 @@ TRANSFORM_NAMES: tuple[str, ...] = (
 )
 SIDES: tuple[str, ...] = ("chosen", "rejected")
 NORMALIZE_MODES: tuple[str, ...] = ("none", "response", "dataset")
+STRUCTURAL_MODES: tuple[str, ...] = ("neutral", "estimated")
 
 # exp(80) ~ 5.5e34 still fits in float64 and float32 after clamping; beyond it would only overflow.
 _EXP_ARG_LIMIT = 80.0
@@ -86,6 +96,8 @@ class WeightTransformConfig:
         binary_top_fraction: share of tokens that ``binary`` sets to 1, in (0, 1]. Default 0.5.
         seed: base seed of ``random``. Default 0.
         normalize: ``none``, ``response`` or ``dataset`` (see the module docstring). Default ``none``.
+        structural: ``neutral`` (structural tokens get weight 1; default) or ``estimated`` (weighted like
+            content tokens); see the module docstring.
     """
 
     name: str = "exp"
@@ -100,6 +112,7 @@ class WeightTransformConfig:
     binary_top_fraction: float = 0.5
     seed: int = 0
     normalize: str = "none"
+    structural: str = "neutral"
 
     def validate(self) -> WeightTransformConfig:
         """Raise ValueError with a readable message if a field is out of range; return self."""
@@ -157,6 +170,10 @@ class WeightTransformConfig:
             raise ValueError(
                 f"weight normalisation '{self.normalize}' is unknown; choose one of: {', '.join(NORMALIZE_MODES)}"
             )
+        if self.structural not in STRUCTURAL_MODES:
+            raise ValueError(
+                f"structural-token mode '{self.structural}' is unknown; choose one of: {', '.join(STRUCTURAL_MODES)}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"weight transform 'seed' must be an integer, got {self.seed!r}")
         if self.seed < 0:
@@ -187,18 +204,38 @@ def _average_ranks(scores: np.ndarray) -> np.ndarray:
     return (first + (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
+def content_mask(size: int, structural: Sequence[int] | None, config: WeightTransformConfig) -> np.ndarray:
+    """True at the positions the transform weighs: all of them, or (``neutral``) all but ``structural``."""
+    mask = np.ones(size, dtype=bool)
+    if structural and config.structural == "neutral":
+        positions = np.asarray(structural, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= size):
+            raise ValueError(f"structural token positions must lie in [0, {size}), got {list(structural)}")
+        mask[positions] = False
+    return mask
+
+
 def transform_rewards(
     rewards: RewardsLike,
     side: str,
     config: WeightTransformConfig,
     example_index: int = 0,
+    structural: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Weights (float32, one per token) for one response's token rewards.
 
-    ``side`` is ``"chosen"`` or ``"rejected"``; ``example_index`` only seeds ``random``.
+    ``side`` is ``"chosen"`` or ``"rejected"``; ``example_index`` only seeds ``random``; ``structural``
+    lists the positions of structural tokens (weight 1 unless ``config.structural`` is ``estimated``).
     """
     config.validate()
     s = _signed_scores(rewards, side)
+    mask = content_mask(s.shape[0], structural, config)
+    weights = np.ones(s.shape[0], dtype=np.float32)
+    weights[mask] = _content_weights(s[mask], side, config, example_index)
+    return weights
+
+
+def _content_weights(s: np.ndarray, side: str, config: WeightTransformConfig, example_index: int) -> np.ndarray:
     n = s.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.float32)
@@ -239,26 +276,35 @@ def transform_pair(
     rejected_rewards: RewardsLike,
     config: WeightTransformConfig,
     example_index: int = 0,
+    structural: tuple[Sequence[int] | None, Sequence[int] | None] = (None, None),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights for the chosen and the rejected response of one preference pair."""
+    """Weights for the chosen and the rejected response of one preference pair (``structural``: the
+    structural token positions of each side)."""
     return (
-        transform_rewards(chosen_rewards, "chosen", config, example_index),
-        transform_rewards(rejected_rewards, "rejected", config, example_index),
+        transform_rewards(chosen_rewards, "chosen", config, example_index, structural[0]),
+        transform_rewards(rejected_rewards, "rejected", config, example_index, structural[1]),
     )
 
 
-def normalize_weights(weights: Sequence[np.ndarray], mode: str) -> list[np.ndarray]:
+def normalize_weights(
+    weights: Sequence[np.ndarray], mode: str, masks: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
     """Rescale every response's weights (chosen and rejected of every pair, in any order) to mean 1:
     per response (``response``) or over all tokens together (``dataset``); ``none`` returns them as
-    they are. A response (or dataset) whose mean weight is 0 is left unchanged."""
+    they are. A response (or dataset) whose mean weight is 0 is left unchanged. ``masks`` (one boolean
+    array per response, :func:`content_mask`) restricts both the mean and the rescaling to the tokens
+    it marks; the others keep their weight."""
     if mode not in NORMALIZE_MODES:
         raise ValueError(f"weight normalisation '{mode}' is unknown; choose one of: {', '.join(NORMALIZE_MODES)}")
     arrays = [np.asarray(w, dtype=np.float64) for w in weights]
+    if masks is None:
+        masks = [np.ones(a.size, dtype=bool) for a in arrays]
     if mode == "none":
         return [a.astype(np.float32) for a in arrays]
     if mode == "response":
-        return [(a / a.mean() if a.size and a.mean() > 0 else a).astype(np.float32) for a in arrays]
-    total = sum(float(a.sum()) for a in arrays)
-    count = sum(a.size for a in arrays)
-    scale = total / count if count and total > 0 else 1.0
-    return [(a / scale).astype(np.float32) for a in arrays]
+        scales = [float(a[m].mean()) if m.any() and a[m].mean() > 0 else 1.0 for a, m in zip(arrays, masks)]
+    else:
+        total = sum(float(a[m].sum()) for a, m in zip(arrays, masks))
+        count = sum(int(m.sum()) for m in masks)
+        scales = [total / count if count and total > 0 else 1.0] * len(arrays)
+    return [np.where(m, a / scale, a).astype(np.float32) for a, m, scale in zip(arrays, masks, scales)]
