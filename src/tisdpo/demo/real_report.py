@@ -71,12 +71,17 @@ def end_of_turn_weights(rows: list[dict[str, Any]], end_id: int) -> dict[str, fl
     the sides rewards the policy for moving that token's probability everywhere."""
     out = {}
     for side in ("chosen", "rejected"):
-        end, other = [], []
+        end, other, end_rewards = [], [], []
         for row in rows:
-            for token, weight in zip(row[f"{side}_token_ids"], row[f"{side}_weights"]):
+            for token, weight, reward in zip(
+                row[f"{side}_token_ids"], row[f"{side}_weights"], row[f"{side}_token_rewards"]
+            ):
                 (end if token == end_id else other).append(weight)
+                if token == end_id:
+                    end_rewards.append(reward)
         out[f"{side}_end"] = sum(end) / len(end) if end else float("nan")
         out[f"{side}_other"] = sum(other) / len(other) if other else float("nan")
+        out[f"{side}_end_reward"] = sum(end_rewards) / len(end_rewards) if end_rewards else float("nan")
     return out
 
 
@@ -226,7 +231,9 @@ def weights_line(results: dict[str, Any]) -> str:
         f"{w['share_at_bounds']:.0%} of the weights at a clamp bound; the summed P rewards prefer the human-chosen "
         f"response in {w['reward_sum_agrees_with_label']:.0%} of the pairs. The end-of-turn token {eot['token']} has "
         f"mean weight {eot['chosen_end']:.2f} in chosen and {eot['rejected_end']:.2f} in rejected responses (other "
-        f"tokens {eot['chosen_other']:.2f} and {eot['rejected_other']:.2f})."
+        f"tokens {eot['chosen_other']:.2f} and {eot['rejected_other']:.2f}); its mean P reward is "
+        f"{eot.get('chosen_end_reward', float('nan')):+.2f} in chosen and {eot.get('rejected_end_reward', float('nan')):+.2f} "
+        "in rejected responses (a structural token: weight 1 unless --weight_structural estimated)."
     )
 
 
