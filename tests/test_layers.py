@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tisdpo",  # the package itself: __version__
             "tisdpo.errors",
             "tisdpo.utils",
+            "tisdpo.gguf_names",
             "tisdpo.losses",
             "tisdpo.logprobs",
             "tisdpo.data.collate",  # the batch layout that logprobs reads
