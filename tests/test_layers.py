@@ -144,3 +144,15 @@ def test_the_demo_recipe_has_one_source():
     assert copy.read_text(encoding="utf-8") == packaged.read_text(encoding="utf-8"), (
         f"{copy.relative_to(ROOT)} differs from {packaged.relative_to(ROOT)}: copy the packaged recipe over it"
     )
+
+
+def test_the_pipeline_imports_nothing_of_the_demo():
+    """The generic pipeline knows the demo's stage kinds only through its registry (tisdpo.pipeline.kinds)."""
+    offending = [
+        found.where()
+        for module, path in KNOWN.items()
+        if module.startswith("tisdpo.pipeline")
+        for found in imports_of(path, module)
+        if found.target == "tisdpo.demo" or found.target.startswith("tisdpo.demo.")
+    ]
+    assert not offending, "the pipeline imports the demo:\n" + "\n".join(offending)
