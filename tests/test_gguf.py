@@ -14,7 +14,8 @@ from conftest import toy_pairs, write_jsonl
 
 from tisdpo.cli import main
 from tisdpo.config import ModelArguments
-from tisdpo.modeling import join_gguf, model_fingerprint_parts, split_gguf
+from tisdpo.gguf_names import join_gguf, split_gguf
+from tisdpo.modeling import model_fingerprint_parts
 
 
 def error_line(capsys, command: str) -> str:

@@ -5,19 +5,17 @@
 The command line (``tisdpo.cli``, ``tisdpo.commands``) parses flags, calls the library and writes
 outputs; nothing else imports it (benchmarks included). Imports are read with ``ast``: at the top of a
 module or inside a function, absolute or relative, ``import a.b``, ``from a import b``, and
-``importlib.import_module("a.b")`` with a literal name.
+``importlib.import_module("a.b")`` with a literal name (the reader is shared with the cycle test:
+``import_graph.py``).
 """
 
 from __future__ import annotations
 
-import ast
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from import_graph import KNOWN, PACKAGE, ROOT, imports_of
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "tisdpo"
 BENCHMARKS = ROOT / "benchmarks"
 COMMAND_LINE = ("tisdpo.cli", "tisdpo.commands", "tisdpo.__main__")
 
@@ -29,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tisdpo",  # the package itself: __version__
             "tisdpo.errors",
             "tisdpo.utils",
+            "tisdpo.gguf_names",
             "tisdpo.losses",
             "tisdpo.logprobs",
             "tisdpo.data.collate",  # the batch layout that logprobs reads
@@ -58,73 +57,6 @@ ALLOWED_UPWARD = {
     ("tisdpo.pipeline.recipe", "tisdpo.cli"): "a stage is a tisdpo command: in-process the pipeline runs it "
     "through the command line's dispatcher, as it runs `python -m tisdpo` under a launcher",
 }
-
-
-@dataclass(frozen=True)
-class Import:
-    file: Path
-    line: int
-    module: str  # the importing module
-    target: str  # the imported module (a tisdpo module when the name is one)
-    text: str  # the import as written
-
-    def where(self) -> str:
-        return f"{self.file.relative_to(ROOT)}:{self.line}: {self.text}"
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def package_modules() -> dict[str, Path]:
-    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
-
-
-KNOWN = package_modules()
-
-
-def resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
-    """The absolute name of a ``from ... import`` statement's module."""
-    if not node.level:
-        return node.module or ""
-    base = module.split(".") if is_package else module.split(".")[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def imports_of(path: Path, module: str | None = None) -> list[Import]:
-    """Every import in the file, wherever it is, with what it names."""
-    text = path.read_text(encoding="utf-8")
-    tree = ast.parse(text, filename=str(path))
-    found = []
-    lines = text.splitlines()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Import | ast.ImportFrom | ast.Call):
-            continue
-        source = lines[node.lineno - 1].strip()
-        if isinstance(node, ast.Import):
-            found += [Import(path, node.lineno, module or "", alias.name, source) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = resolve(module or "", path.name == "__init__.py", node) if module else (node.module or "")
-            for alias in node.names:
-                child = f"{base}.{alias.name}" if base else alias.name
-                target = child if child in KNOWN else base
-                found.append(Import(path, node.lineno, module or "", target, source))
-        elif (
-            isinstance(node, ast.Call)
-            and (
-                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                or (isinstance(node.func, ast.Name) and node.func.id == "import_module")
-            )
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            found.append(Import(path, node.lineno, module or "", node.args[0].value, source))
-    return found
 
 
 def layer_of(module: str) -> tuple[int, str] | None:
@@ -212,3 +144,15 @@ def test_the_demo_recipe_has_one_source():
     assert copy.read_text(encoding="utf-8") == packaged.read_text(encoding="utf-8"), (
         f"{copy.relative_to(ROOT)} differs from {packaged.relative_to(ROOT)}: copy the packaged recipe over it"
     )
+
+
+def test_the_pipeline_imports_nothing_of_the_demo():
+    """The generic pipeline knows the demo's stage kinds only through its registry (tisdpo.pipeline.kinds)."""
+    offending = [
+        found.where()
+        for module, path in KNOWN.items()
+        if module.startswith("tisdpo.pipeline")
+        for found in imports_of(path, module)
+        if found.target == "tisdpo.demo" or found.target.startswith("tisdpo.demo.")
+    ]
+    assert not offending, "the pipeline imports the demo:\n" + "\n".join(offending)

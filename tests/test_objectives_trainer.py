@@ -2,7 +2,7 @@
 
 Each test runs ``tisdpo train`` / ``tisdpo evaluate`` / ``tisdpo weights`` on a tiny model and compares what
 the trainer logs with an independent computation done here in plain torch: one full forward per sequence,
-a full ``log_softmax``, a gather, and the formulas of README's objectives section. The policy differs from
+a full ``log_softmax``, a gather, and the formulas of docs/objectives.md. The policy differs from
 the reference (both are noisy copies of the tiny model), so margins and KL terms are far from 0, and each
 test also asserts that the plausible regression (a weight applied one token late, the score ignored or not
 clamped, the KL in the other direction, the KL term off or its stop-gradient on the wrong side, a stale
@@ -361,7 +361,7 @@ def weighted_rejected_kl(policy_dir: str, ref_dir: str, pairs, weights) -> float
 
 
 def test_tisdpo_kl_term_gradient_one_sgd_step(models, rows, weights_file, tmp_path):
-    """One plain SGD step with the KL term moves the policy by exactly -lr * gradient of README's formula
+    """One plain SGD step with the KL term moves the policy by exactly -lr * gradient of docs/objectives.md's formula
     (stop-gradient on the chosen side, KL(ref || policy)), and lowers the losing response's weighted KL
     more than the same step without the term."""
     ref, policy = models
@@ -392,7 +392,7 @@ def test_tisdpo_kl_term_gradient_one_sgd_step(models, rows, weights_file, tmp_pa
     for what, grad in wrong.items():
         assert float((step + lr * flat(grad)).norm()) / scale > 0.05, what
 
-    # README: with the term on, minimizing the loss lowers the weighted KL of the losing response.
+    # docs/objectives.md: with the term on, minimizing the loss lowers the weighted KL of the losing response.
     kl_on = weighted_rejected_kl(str(tmp_path / "on"), ref, rows, weights)
     kl_off = weighted_rejected_kl(str(tmp_path / "off"), ref, rows, weights)
     assert kl_off - kl_on > 0.1, (kl_on, kl_off)  # here: 17.6 against 19.1
@@ -471,7 +471,7 @@ def test_group_by_length_sees_every_pair_once_per_epoch(models, varied_data, tmp
 
 
 def test_readme_group_by_length_flag_is_accepted(models, varied_data, tmp_path, monkeypatch):
-    """README (objectives) documents ``--group_by_length true``: it must be accepted and group by length."""
+    """docs/objectives.md documents ``--group_by_length true``: it must be accepted and group by length."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     samplers = []

@@ -11,6 +11,7 @@ import pytest
 
 from tisdpo.cli import main
 from tisdpo.errors import UserError
+from tisdpo.pipeline import kinds
 from tisdpo.pipeline.engine import Pipeline, Stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ report: false
 def test_oracle_weights_are_a_demo_source(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "base_model: m\ndata: {dataset_name: d.jsonl}\ncontrastive: {D: {}}\n"
+        "extensions: [tisdpo.demo]\nbase_model: m\ndata: {dataset_name: d.jsonl}\ncontrastive: {D: {}}\n"
         "objectives: {tis: {loss_type: tisdpo, weights: oracle}}\n"
     )
     assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
@@ -194,3 +195,55 @@ def test_a_recipe_can_sweep_beta(tmp_path, capsys):
     recipe.write_text(base + "betas: [0.1, fast]\n")
     assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
     assert "betas must be a list of positive numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "slot", "name"),
+    [
+        ("data: {demo_task: {}}\n", "data", "demo_task"),
+        ("data: {dataset_name: d.jsonl}\nbase_model: {demo_factory: {}}\n", "base_model", "demo_factory"),
+        (
+            "data: {dataset_name: d.jsonl}\ncontrastive: {D: {}}\nobjectives: {t: {loss_type: tisdpo, weights: oracle}}\n",
+            "weights",
+            "oracle",
+        ),
+    ],
+)
+def test_a_demo_kind_without_the_demo_is_one_line_naming_the_known_kinds(
+    tmp_path, capsys, monkeypatch, section, slot, name
+):
+    """The pipeline knows the demo's stage kinds only through the registry: without them (a process that
+    never imported tisdpo.demo), a recipe that names one gets one line naming the kinds it could use."""
+    monkeypatch.setattr(kinds, "STAGE_KINDS", {key: kind for key, kind in kinds.STAGE_KINDS.items() if key[0] != slot})
+    monkeypatch.setitem(kinds.STAGE_KINDS, (slot, "mine"), kinds.StageKind(slot, "mine", lambda *args: None))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(("base_model: m\n" if slot != "base_model" else "") + section)
+    assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert f"unknown {slot} kind '{name}' (known: mine;" in error and "extensions: [module]" in error
+
+
+def test_a_recipe_can_register_its_own_stage_kind(tmp_path, capsys, monkeypatch):
+    """Any module can add a data kind; a recipe loads it with ``extensions``."""
+    module = tmp_path / "my_kinds.py"
+    module.write_text(
+        "from tisdpo.pipeline import StageKind, register_stage_kind\n"
+        "from tisdpo.pipeline.recipe import Ref\n\n"
+        "def add_words(builder, spec):\n"
+        "    builder.add('words', lambda ctx: None, {'spec': spec}, [], 'my own pairs')\n"
+        "    return {'train': Ref('words', 'train.jsonl')}\n\n"
+        "register_stage_kind(StageKind('data', 'my_words', add_words))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(kinds, "STAGE_KINDS", dict(kinds.STAGE_KINDS))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "extensions: [my_kinds]\nbase_model: m\ndata: {my_words: {n: 3}}\nobjectives: {dpo: {loss_type: dpo}}\n"
+    )
+    assert main(["pipeline", "--config", str(recipe), "--run_dir", str(tmp_path / "run"), "--dry_run"]) == 0
+    plan = capsys.readouterr().out
+    assert "words" in plan and "train_dpo_s0" in plan
+    recipe.write_text("extensions: [no_such_module]\nbase_model: m\ndata: {dataset_name: d.jsonl}\n")
+    assert main(["pipeline", "--config", str(recipe), "--dry_run"]) == 1
+    assert "extension 'no_such_module' cannot be imported" in capsys.readouterr().err

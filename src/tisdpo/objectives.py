@@ -5,7 +5,7 @@ per-token KL, a score column, the policy's hidden states) and computes, from a :
 the per-pair losses with the chosen/rejected rewards (a :class:`tisdpo.losses.PairLoss`) and any
 metrics of its own. The trainer, the configuration and the commands read this table; adding an
 objective is one :func:`register` call (or one entry in :data:`OBJECTIVES`), its loss function in
-``losses.py``, and a row in the README's objectives table.
+``losses.py``, and a row in the objectives table of docs/objectives.md.
 """
 
 from __future__ import annotations

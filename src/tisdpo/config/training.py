@@ -14,8 +14,8 @@ import torch
 from transformers import TrainingArguments
 
 from tisdpo.errors import UserError
+from tisdpo.gguf_names import join_gguf
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
-from tisdpo.modeling import join_gguf
 from tisdpo.objectives import OBJECTIVES, Objective, objective_for
 
 LOSS_TYPES = tuple(OBJECTIVES)

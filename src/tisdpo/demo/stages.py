@@ -1,4 +1,9 @@
-"""Pipeline stages of the embedded demo: the ground-truth task's data and a tiny model from scratch."""
+"""Pipeline stages of the embedded demo: the ground-truth task's data, a tiny model from scratch and oracle
+weights, registered as stage kinds of the generic pipeline (:mod:`tisdpo.pipeline.kinds`) by
+:func:`register_demo_kinds`, which ``import tisdpo.demo`` calls:
+
+    data: {demo_task: {...}}   base_model: {demo_factory: {...}}   objectives.X.weights: oracle | oracle_sign
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import json
 import os
 from typing import Any
 
+from tisdpo.demo.metrics import weight_auc
+from tisdpo.demo.oracle import ORACLE_SOURCES, write_oracle_weights
 from tisdpo.demo.task import TaskConfig, corpus_texts, generate_pairs, generate_prompts
 from tisdpo.errors import UserError
 from tisdpo.pipeline.engine import StageContext
+from tisdpo.pipeline.kinds import StageKind, register_stage_kind
+from tisdpo.pipeline.recipe import Ref, StageBuilder
 from tisdpo.weights.io import write_rows
 
 TRUTH_COLUMNS = ("chosen_true_rewards", "rejected_true_rewards", "prompt_kind", "label_flipped")
@@ -40,7 +49,7 @@ def build_base(config: TaskConfig, factory: dict[str, Any], out_dir: str) -> Non
     build_tiny_llama(tokenizer, out_dir, **factory)
 
 
-def add_task_stage(builder: Any, spec: dict[str, Any]) -> None:
+def add_task_stage(builder: StageBuilder, spec: dict[str, Any]) -> dict[str, Ref]:
     """Stage ``task``: train / eval pairs, held-out prompts, and SFT rows (every response once as chosen)."""
     seed = int(spec.get("seed", 0))
     train_config = task_config(spec, int(spec.get("n_train_pairs", 2000)), seed)
@@ -57,9 +66,10 @@ def add_task_stage(builder: Any, spec: dict[str, Any]) -> None:
         write_rows(os.path.join(ctx.work_dir, "sft.jsonl"), sft_rows(train))
 
     builder.add("task", action, {"spec": spec}, [], f"generate the ground-truth task ({train_config.n_pairs} pairs)")
+    return {name: Ref("task", f"{name}.jsonl") for name in ("train", "eval", "prompts", "sft")}
 
 
-def add_base_stage(builder: Any, factory: dict[str, Any]) -> None:
+def add_base_stage(builder: StageBuilder, factory: dict[str, Any]) -> Ref:
     """Stage ``base``: a word-level tokenizer trained on the task's text and an untrained tiny Llama."""
     spec = builder.recipe.data.get("demo_task") or {}
     config = task_config(spec, int(spec.get("n_train_pairs", 2000)), int(spec.get("seed", 0)))
@@ -72,20 +82,19 @@ def add_base_stage(builder: Any, factory: dict[str, Any]) -> None:
     builder.add(
         "base", action, {"factory": factory, "task": spec}, ["task"], "word tokenizer + tiny Llama from scratch"
     )
+    return Ref("base", "")
 
 
-def add_oracle_stage(builder: Any, kind: str, source: Any, weight_flags: dict[str, Any]) -> Any:
-    """Stage ``weights_<kind>``: oracle weights (:mod:`tisdpo.demo.oracle`) for the pairs of the weights file
-    ``source`` (a Ref), with the recipe's transform; returns the Ref of the new weights file."""
+def add_oracle_stage(builder: StageBuilder, kind: str, weights: dict[str, Ref], weight_flags: dict[str, Any]) -> Ref:
+    """Stage ``weights_<kind>``: oracle weights (:mod:`tisdpo.demo.oracle`) for the pairs of D's weights file,
+    with the recipe's transform; returns the Ref of the new weights file."""
     from tisdpo.config import WeightsArguments, transform_config
-    from tisdpo.pipeline.recipe import Ref
 
+    source = weights["D"]
     flags = {k: v for k, v in weight_flags.items() if k.startswith("weight_")}
     config = transform_config(WeightsArguments(**flags))
 
     def action(ctx: StageContext) -> None:
-        from tisdpo.demo.oracle import write_oracle_weights
-
         write_oracle_weights(source.resolve(ctx), os.path.join(ctx.work_dir, "weights.jsonl"), kind, config)
 
     what = "true token rewards" if kind == "oracle" else "D's rewards with the true signs"
@@ -97,3 +106,31 @@ def add_oracle_stage(builder: Any, kind: str, source: Any, weight_flags: dict[st
         f"{kind} weights ({what}; the ceiling)",
     )
     return Ref(f"weights_{kind}", "weights.jsonl")
+
+
+def oracle_needs(recipe: Any) -> str | None:
+    """What a recipe lacks for oracle weights (None: nothing)."""
+    if recipe.data.get("demo_task") is None or "D" not in recipe.contrastive:
+        return (
+            "the demo task (data.demo_task), whose true token rewards they read, and contrastive D (the token "
+            "alignment, and oracle_sign's magnitudes)"
+        )
+    return None
+
+
+def task_weight_auc(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The demo's weight AUC of a weights file's rewards, when its rows kept the task's true rewards."""
+    return weight_auc(rows) if "chosen_true_rewards" in rows[0] else None
+
+
+DEMO_KINDS = (
+    StageKind("data", "demo_task", add_task_stage, weight_metric=task_weight_auc),
+    StageKind("base_model", "demo_factory", add_base_stage),
+    *(StageKind("weights", kind, add_oracle_stage, unmet_needs=oracle_needs) for kind in ORACLE_SOURCES),
+)
+
+
+def register_demo_kinds() -> None:
+    """Make the demo's task, tiny model and oracle weights available to recipes (``import tisdpo.demo`` does)."""
+    for kind in DEMO_KINDS:
+        register_stage_kind(kind)

@@ -3,6 +3,9 @@
     task? -> base? -> sft? -> contrastive pair per method (S: two SFTs, D: DPO + reverse DPO; P: none)
           -> weights per method (+ random) -> training per objective and seed -> evaluation -> report
 
+The data, the base model and weights may also come from stage kinds that other packages register
+(:mod:`tisdpo.pipeline.kinds`; the demo's task, tiny model and oracle weights are such kinds).
+
 Every command runs in-process (``tisdpo.cli.main``), or through ``launcher`` (for example
 ``accelerate launch --config_file configs/accelerate/fsdp.yaml``) as a subprocess.
 """
@@ -10,30 +13,34 @@ Every command runs in-process (``tisdpo.cli.main``), or through ``launcher`` (fo
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shlex
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from tisdpo.demo.oracle import ORACLE_SOURCES
 from tisdpo.errors import UserError, did_you_mean
 from tisdpo.pipeline.engine import Stage, StageContext
+from tisdpo.pipeline.kinds import StageKind, is_stage_kind, known_kinds, stage_kind
 from tisdpo.utils import file_identity, is_verbose
 
 METHODS = ("P", "S", "D")
+GENERIC_WEIGHTS = (*METHODS, "random")
+DATA_FILE_KEYS = ("dataset_name", "eval_dataset_name", "prompts_dataset_name", "sft_dataset_name")
 DATA_FILE_EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
 
 
 @dataclass
 class Recipe:
     run_dir: str = "runs/pipeline"
+    extensions: list[str] = field(default_factory=list)  # modules to import first: they register stage kinds
     launcher: str | None = None  # e.g. "accelerate launch --num_processes 8"; None = in-process
     seeds: list[int] = field(default_factory=lambda: [0])
-    base_model: str | dict[str, Any] | None = None  # a hub id / folder, or {demo_factory: {...}}
+    base_model: str | dict[str, Any] | None = None  # a hub id / folder, or {<base_model kind>: {...}}
     data: dict[str, Any] = field(
         default_factory=dict
-    )  # dataset_name / eval_dataset_name / prompts_dataset_name, or demo_task
+    )  # dataset_name / eval_dataset_name / prompts_dataset_name / sft_dataset_name, or {<data kind>: {...}}
     data_args: dict[str, Any] = field(
         default_factory=dict
     )  # flags given to every command (max_length, prompt_template ...)
@@ -64,14 +71,42 @@ class Recipe:
             if key not in known:
                 raise UserError(f"unknown recipe key '{key}'{did_you_mean(key, known)}", source=source)
         recipe = cls(**values)
+        recipe.load_extensions(source)
         recipe.validate(source)
         return recipe
 
+    def load_extensions(self, source: str) -> None:
+        """Import the modules the recipe names under ``extensions``: importing one registers its stage kinds."""
+        for module in self.extensions:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:
+                raise UserError(f"extension '{module}' cannot be imported ({err})", source=source) from None
+
+    def data_kind(self, source: str) -> tuple[StageKind, Any] | None:
+        """The data kind the recipe names (its one key that is not a data file's), with its spec."""
+        named = [key for key in self.data if key not in DATA_FILE_KEYS]
+        if not named:
+            return None
+        if len(named) > 1:
+            raise UserError(f"the recipe's data names several kinds ({', '.join(named)}): name one", source=source)
+        return stage_kind("data", named[0], source), self.data[named[0]]
+
+    def base_model_kind(self, source: str) -> tuple[StageKind, Any] | None:
+        """The base model kind the recipe names (``base_model: {kind: spec}``), with its spec."""
+        if not isinstance(self.base_model, dict):
+            return None
+        if len(self.base_model) != 1:
+            raise UserError("base_model must be a model name/folder or {kind: {...}}", source=source)
+        ((name, spec),) = self.base_model.items()
+        return stage_kind("base_model", name, source), spec
+
     def validate(self, source: str) -> None:
         if self.base_model is None:
-            raise UserError("the recipe needs base_model (a hub id, a folder, or {demo_factory: {...}})", source=source)
-        if not self.data.get("demo_task") and not self.data.get("dataset_name"):
-            raise UserError("the recipe's data needs dataset_name (or demo_task)", source=source)
+            raise UserError("the recipe needs base_model (a hub id, a folder, or {kind: {...}})", source=source)
+        self.base_model_kind(source)
+        if self.data_kind(source) is None and not self.data.get("dataset_name"):
+            raise UserError("the recipe's data needs dataset_name (or a data kind)", source=source)
         for method in self.contrastive:
             if method not in METHODS:
                 raise UserError(f"unknown contrastive method '{method}' (expected P, S or D)", source=source)
@@ -79,15 +114,12 @@ class Recipe:
             raise UserError("contrastive P needs positive_prompt and negative_prompt", source=source)
         for name, objective in self.objectives.items():
             source_name = objective.get("weights")
-            if source_name in ORACLE_SOURCES:
-                if self.data.get("demo_task") is None or "D" not in self.contrastive:
-                    raise UserError(
-                        f"objective '{name}' uses {source_name} weights: they need the demo task (data.demo_task), "
-                        "whose true token rewards they read, and contrastive D (the token alignment, and oracle_sign's "
-                        "magnitudes)",
-                        source=source,
-                    )
-            elif source_name is not None and source_name != "random" and source_name not in self.contrastive:
+            if source_name is not None and source_name not in GENERIC_WEIGHTS:
+                kind = stage_kind("weights", source_name, source)
+                unmet = kind.unmet_needs(self) if kind.unmet_needs else None
+                if unmet:
+                    raise UserError(f"objective '{name}' uses {source_name} weights: they need {unmet}", source=source)
+            elif source_name in METHODS and source_name not in self.contrastive:
                 raise UserError(
                     f"objective '{name}' uses weights '{source_name}', which is not a contrastive method of this recipe",
                     source=source,
@@ -106,7 +138,8 @@ class Recipe:
                 )
             if objective.get("loss_type") == "tisdpo" and source_name is None:
                 raise UserError(
-                    f"objective '{name}' is tisdpo and needs weights: P, S, D, random (or oracle, oracle_sign in the demo)",
+                    f"objective '{name}' is tisdpo and needs weights: "
+                    + ", ".join([*GENERIC_WEIGHTS, *known_kinds("weights")]),
                     source=source,
                 )
         if self.betas is not None and (
@@ -242,6 +275,8 @@ class StageBuilder:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self.stages: list[Stage] = []
+        # The data kind's measure of how well estimated token rewards match its truth (None: no truth known).
+        self.weight_metric: Any = None
 
     def add(self, name: str, action, config: dict[str, Any], deps: list[str], description: str) -> None:
         self.stages.append(Stage(name, action, config, sorted(set(deps)), description))
@@ -310,11 +345,11 @@ class StageBuilder:
 
     def _data_refs(self) -> dict[str, Ref]:
         recipe = self.recipe
-        if recipe.data.get("demo_task") is not None:
-            from tisdpo.demo.stages import add_task_stage
-
-            add_task_stage(self, recipe.data["demo_task"])
-            return {name: Ref("task", f"{name}.jsonl") for name in ("train", "eval", "prompts", "sft")}
+        named = recipe.data_kind("recipe")
+        if named is not None:
+            kind, spec = named
+            self.weight_metric = kind.weight_metric
+            return kind.add(self, spec)
         refs = {"train": Ref(None, recipe.data["dataset_name"])}
         for key, name in (
             ("eval_dataset_name", "eval"),
@@ -326,15 +361,11 @@ class StageBuilder:
         return refs
 
     def _base_model(self) -> Ref:
-        base = self.recipe.base_model
-        if isinstance(base, dict):
-            if "demo_factory" not in base:
-                raise UserError("base_model must be a model name/folder or {demo_factory: {...}}")
-            from tisdpo.demo.stages import add_base_stage
-
-            add_base_stage(self, base["demo_factory"])
-            return Ref("base", "")
-        return Ref(None, base)
+        named = self.recipe.base_model_kind("recipe")
+        if named is not None:
+            kind, spec = named
+            return kind.add(self, spec)
+        return Ref(None, self.recipe.base_model)
 
     def _weights(
         self, start: Ref, data: dict[str, Ref], train_common: dict[str, Any], common: dict[str, Any]
@@ -391,12 +422,10 @@ class StageBuilder:
                 "random weights (ablation)",
             )
             found["random"] = Ref("weights_random", "weights.jsonl")
-        used = {objective.get("weights") for objective in recipe.objectives.values()}
-        for kind in ORACLE_SOURCES:
-            if kind in used:
-                from tisdpo.demo.stages import add_oracle_stage
-
-                found[kind] = add_oracle_stage(self, kind, found["D"], recipe.weights)
+        for objective in recipe.objectives.values():
+            name = objective.get("weights")
+            if is_stage_kind("weights", name) and name not in found:
+                found[name] = stage_kind("weights", name).add(self, name, dict(found), recipe.weights)
         return found
 
     def _objectives(
@@ -436,7 +465,8 @@ class StageBuilder:
         if recipe.report and evaluation is not None:
             from tisdpo.pipeline.report import add_report_stage
 
-            add_report_stage(self, eval_stages, [f"weights_{m}" for m in weights], data)
+            measured = [f"weights_{m}" for m in weights if m in METHODS]  # estimated rewards (random's are drawn)
+            add_report_stage(self, eval_stages, [f"weights_{m}" for m in weights], data, self.weight_metric, measured)
 
     def _evaluation_stage(
         self, name: str, policy: Ref, reference: Ref, data: dict[str, Ref], common: dict[str, Any], seed: int

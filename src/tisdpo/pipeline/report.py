@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -224,7 +225,16 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[str], data: dict[str, Any]) -> None:
+def add_report_stage(
+    builder: Any,
+    eval_stages: list[str],
+    weight_stages: list[str],
+    data: dict[str, Any],
+    weight_metric: Callable[[list[dict[str, Any]]], dict[str, float] | None] | None = None,
+    measured_stages: Sequence[str] = (),
+) -> None:
+    """The report stage; ``weight_metric`` (the data kind's, when its pairs carry true token rewards) judges
+    the rewards of ``measured_stages``."""
     recipe = builder.recipe
     reward_name = (recipe.evaluate or {}).get("reward_name", "reward")
 
@@ -236,12 +246,9 @@ def add_report_stage(builder: Any, eval_stages: list[str], weight_stages: list[s
         for stage in weight_stages:
             method = stage.removeprefix("weights_")
             rows = read_jsonl(os.path.join(ctx.inputs[stage], "weights.jsonl"))
-            # Random weights keep the rewards they were drawn beside, so an AUC of those would mislead; the
-            # oracle's rewards are the truth (an AUC of 1 by construction).
-            if rows and "chosen_true_rewards" in rows[0] and method not in ("random", "oracle", "oracle_sign"):
-                from tisdpo.demo.metrics import weight_auc
-
-                results["weight_auc"][method] = weight_auc(rows)
+            measured = weight_metric(rows) if rows and weight_metric and stage in measured_stages else None
+            if measured is not None:
+                results["weight_auc"][method] = measured
             examples = weights_file_examples(rows[:30], os.path.join(ctx.inputs[stage], "weights.jsonl"))
             if examples:
                 render_html(examples, os.path.join(ctx.work_dir, f"heatmap_{method}.html"))

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from tisdpo.demo.study.layout import Layout, derive_weights, finished_grid, sft_rewards
 from tisdpo.demo.study.plan import DPO, DPO_REACH, Arm, StudyPlan
-from tisdpo.demo.study.run import Layout, derive_weights, finished_grid, sft_rewards
 from tisdpo.report.frontier import compare_arms, kl_levels, verdict
 from tisdpo.report.plots import frontier_bands_plot, frontier_panel
 from tisdpo.report.tables import fmt_interval, markdown_table
