@@ -4,7 +4,9 @@ same steps, the same weights file, the same refusals; and the examples run."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import runpy
+import subprocess
 import sys
 import typing
 from pathlib import Path
@@ -52,6 +54,13 @@ def cli_weights_file(tiny_model_dir, weights_data, tmp_path_factory) -> str:
 def test_the_package_exports_the_api():
     assert {"TISDPOTrainer", "TISDPOConfig", "estimate_weights", "load_weights", "save_weights"} <= set(tisdpo.__all__)
     assert isinstance(tisdpo.__version__, str)
+
+
+def test_the_command_line_starts_without_loading_the_api():
+    """The package loads its API on first use: `tisdpo --help` answers without importing torch (seconds)."""
+    code = "import sys, tisdpo.cli; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(tisdpo.__file__).parents[1])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "False\n"
 
 
 def test_estimate_weights_writes_the_file_tisdpo_weights_writes(

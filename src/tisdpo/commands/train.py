@@ -54,7 +54,9 @@ def run(argv: list[str]) -> dict[str, float]:
     distributed_state()  # the Trainer's process group (config made it); logs this process's rank
 
     tokenizer = load_tokenizer_for(model_args)
-    check_tokenizer(dataset_name, tokenizer_fingerprint(tokenizer))
+    for name in (dataset_name, data_args.eval_dataset_name):
+        if name:  # a weights file made with another tokenizer is refused before any model loads
+            check_tokenizer(name, tokenizer_fingerprint(tokenizer))
     train_rows = read_pairs(dataset_name, data_args.dataset_split, data_args.max_samples)
     eval_rows = None
     if data_args.eval_dataset_name:
