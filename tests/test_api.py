@@ -13,11 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_args, prompt_weights_args, read_jsonl, run_cli, run_ok, toy_pairs, write_jsonl
+from conftest import cli_args, evaluate, prompt_weights_args, read_jsonl, run_cli, run_ok, toy_pairs, write_jsonl
 from safetensors.torch import load_file
 
 import tisdpo
-from tisdpo import TISDPOConfig, TISDPOTrainer, estimate_weights, load_weights, render_heatmaps, save_weights
+from tisdpo import (
+    TISDPOConfig,
+    TISDPOTrainer,
+    estimate_weights,
+    evaluate_preferences,
+    load_weights,
+    render_heatmaps,
+    save_weights,
+)
 from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, check_values, field_names
 from tisdpo.config.ranges import RANGES
 from tisdpo.config.trainer import DatasetArguments
@@ -109,6 +117,18 @@ def test_trainer_and_tisdpo_train_give_the_same_model(loss_type, tiny_model_dir,
         torch.testing.assert_close(api_params[name], value, rtol=0, atol=1e-6, msg=name)
     before = load_file(Path(tiny_model_dir) / "model.safetensors")
     assert any(not torch.equal(before[name], value) for name, value in cli_params.items())  # the runs trained
+
+
+def test_evaluate_preferences_is_tisdpo_evaluate(tiny_model_dir, weights_data, tmp_path):
+    flags = ["--max_length", 64, "--report_to", "none", "--per_device_eval_batch_size", 4]
+    cli = evaluate(tiny_model_dir, tiny_model_dir, weights_data, tmp_path / "cli", *flags)
+    args = TISDPOConfig(output_dir=str(tmp_path / "api"), max_length=64, report_to="none", per_device_eval_batch_size=4)
+    api = evaluate_preferences(tiny_model_dir, read_jsonl(weights_data), args, ref_model=tiny_model_dir)
+    assert api.keys() >= {"eval_loss", "eval_rewards/margins", "eval_logps/chosen"}
+    for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen", "eval_logps/rejected"):
+        assert api[key] == pytest.approx(cli[key], abs=1e-6), key
+    with pytest.raises(UserError, match="needs ref_model"):
+        evaluate_preferences(tiny_model_dir, read_jsonl(weights_data), args)
 
 
 def test_trainer_takes_conversational_and_implicit_prompt_rows(tiny_model_dir, tmp_path):

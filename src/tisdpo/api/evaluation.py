@@ -3,8 +3,6 @@ memory: the trainer's own evaluation of a policy against its reference on held-o
 
 from __future__ import annotations
 
-from typing import Any
-
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tisdpo.api.trainer import PreferenceData, TISDPOTrainer
@@ -26,7 +24,7 @@ def evaluate_preferences(
         raise UserError("evaluate_preferences computes preference metrics; choose a preference loss_type (dpo ...)")
     if args.needs_reference and ref_model is None:
         raise UserError("evaluate_preferences needs ref_model (the model the policy started from) for the rewards")
-    trainer: Any = TISDPOTrainer(
+    trainer = TISDPOTrainer(
         model, args, eval_dataset=eval_dataset, processing_class=processing_class, ref_model=ref_model
     )
     return trainer.evaluate()
