@@ -22,6 +22,7 @@ from tisdpo import (
     TISDPOTrainer,
     estimate_weights,
     evaluate_preferences,
+    generate_and_score,
     load_weights,
     render_heatmaps,
     save_weights,
@@ -129,6 +130,20 @@ def test_evaluate_preferences_is_tisdpo_evaluate(tiny_model_dir, weights_data, t
         assert api[key] == pytest.approx(cli[key], abs=1e-6), key
     with pytest.raises(UserError, match="needs ref_model"):
         evaluate_preferences(tiny_model_dir, read_jsonl(weights_data), args)
+
+
+def test_generate_and_score_is_tisdpo_evaluate_generate(tiny_model_dir, weights_data, tmp_path):
+    options = {"scorer": "tisdpo.demo.task:oracle_scorer", "num_samples": 2, "max_new_tokens": 6, "max_prompts": 3}
+    flags = [item for name, value in options.items() for item in (f"--{name}", value)]
+    cli = evaluate(tiny_model_dir, tiny_model_dir, weights_data, tmp_path / "cli", "--generate", *flags)
+    api = generate_and_score(tiny_model_dir, tiny_model_dir, weights_data, str(tmp_path / "api"), **options)
+    assert api["gen/num_prompts"] == 3 and api["gen/num_samples"] == 2
+    assert {k: v for k, v in api.items() if k.startswith("gen/")} == {
+        k: v for k, v in cli.items() if k.startswith("gen/")
+    }
+    assert read_jsonl(tmp_path / "api" / "generations.jsonl") == read_jsonl(tmp_path / "cli" / "generations.jsonl")
+    with pytest.raises(UserError, match=r"generate_and_score field 'num_samples': expected an integer"):
+        generate_and_score(tiny_model_dir, tiny_model_dir, weights_data, str(tmp_path / "x"), num_samples="two")
 
 
 def test_trainer_takes_conversational_and_implicit_prompt_rows(tiny_model_dir, tmp_path):

@@ -5,7 +5,7 @@
 * :func:`evaluate_preferences` (``tisdpo evaluate``) and :func:`render_heatmaps` (``tisdpo visualize``).
 """
 
-from tisdpo.api.evaluation import evaluate_preferences
+from tisdpo.api.evaluation import evaluate_preferences, generate_and_score
 from tisdpo.api.report import render_heatmaps
 from tisdpo.api.trainer import PreferenceData, TISDPOTrainer, lora_config
 from tisdpo.api.weights import WeightedRows, estimate_weights, load_weights, save_weights
@@ -20,6 +20,7 @@ __all__ = [
     "WeightedRows",
     "estimate_weights",
     "evaluate_preferences",
+    "generate_and_score",
     "load_weights",
     "lora_config",
     "render_heatmaps",
