@@ -133,7 +133,9 @@ class TISDPOTrainer(PreferenceTrainer):
         elif processing_class.pad_token_id is None:
             processing_class.pad_token = processing_class.eos_token  # batches are padded; as TRL does
         policy = load_causal_lm(model) if isinstance(model, str) else model
-        if isinstance(ref_model, str):
+        if not args.needs_reference:
+            ref_model = None  # SimPO, SFT: reference-free
+        elif isinstance(ref_model, str):
             ref_model = load_causal_lm(ref_model)
         if peft_config is not None:
             policy = self._with_adapter(policy, peft_config, args.seed)
@@ -149,9 +151,7 @@ class TISDPOTrainer(PreferenceTrainer):
             )
             ref_model = None  # no reference model is held while training
         elif args.needs_reference and ref_model is None and not self.is_adapter:
-            ref_model = copy.deepcopy(policy).eval()
-        elif not args.needs_reference:
-            ref_model = None
+            ref_model = copy.deepcopy(policy).eval()  # the starting weights (with an adapter: the adapter disabled)
         if args.ddp_find_unused_parameters is None and args.logprob_path == "chunked":
             # The chunked log-prob path applies the LM head after the model's forward. DDP's search for
             # unused parameters (transformers' default) would mark the head's weight ready at the end of
