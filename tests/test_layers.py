@@ -1,6 +1,6 @@
 """The library lies below the command line: every import goes down the layer table, never up.
 
-    core -> building blocks -> trainer and evaluation -> pipeline and demo -> the command line
+    core -> building blocks -> trainer and evaluation -> the Python API -> pipeline and demo -> the command line
 
 The command line (``tisdpo.cli``, ``tisdpo.commands``) parses flags, calls the library and writes
 outputs; nothing else imports it (benchmarks included). Imports are read with ``ast``: at the top of a
@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
         (
-            "tisdpo",  # the package itself: __version__
+            "tisdpo.version",
             "tisdpo.errors",
             "tisdpo.utils",
             "tisdpo.gguf_names",
@@ -48,6 +48,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("trainer and evaluation", ("tisdpo.trainer", "tisdpo.evaluation", "tisdpo.dlma")),
+    (
+        "Python API",
+        (
+            "tisdpo",  # the package itself: `from tisdpo import TISDPOTrainer` (and __version__)
+            "tisdpo.api",
+        ),
+    ),
     ("pipeline and demo", ("tisdpo.pipeline", "tisdpo.demo")),
     ("command line", COMMAND_LINE),
 ]

@@ -25,13 +25,12 @@ from conftest import (
 from conftest import run_ok as run
 from safetensors.torch import load_file
 
-from tisdpo import modeling
+from tisdpo import TISDPOTrainer, modeling
 from tisdpo.commands import train as train_command
 from tisdpo.data.tokenize import PairTokenizer
 from tisdpo.logprobs import completion_logps
 from tisdpo.modeling import AdapterView, load_causal_lm, load_contrastive_pair, load_tokenizer
 from tisdpo.scoring import score_sequences
-from tisdpo.trainer import PreferenceTrainer
 
 peft = pytest.importorskip("peft")
 
@@ -50,7 +49,7 @@ def spies(monkeypatch) -> SimpleNamespace:
         seen.loads.append(str(name))
         return real_load(name, *args, **kwargs)
 
-    class SpyTrainer(PreferenceTrainer):
+    class SpyTrainer(TISDPOTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             seen.trainers.append(self)
@@ -61,7 +60,7 @@ def spies(monkeypatch) -> SimpleNamespace:
             return out
 
     monkeypatch.setattr(modeling, "load_causal_lm", counting_load)
-    monkeypatch.setattr(train_command, "PreferenceTrainer", SpyTrainer)
+    monkeypatch.setattr(train_command, "TISDPOTrainer", SpyTrainer)
     return seen
 
 

@@ -20,12 +20,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tisdpo import __version__
 from tisdpo.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from tisdpo.evaluation.generation import eos_token_ids, sample_responses
 from tisdpo.evaluation.prompts import PromptItem, load_prompts
 from tisdpo.modeling import distributed_state, load_model, load_tokenizer_for
 from tisdpo.scoring import score_groups
+from tisdpo.version import __version__
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 
 if TYPE_CHECKING:

@@ -1,30 +1,52 @@
-"""``tisdpo train``: DPO-family, TIS-DPO and SFT training of a causal LM on preference pairs."""
+"""``tisdpo train``: DPO-family, TIS-DPO and SFT training of a causal LM on preference pairs.
+
+A thin command over the Python API: the flags are ``ModelArguments`` (which model, LoRA),
+``DatasetArguments`` (which data) and :class:`tisdpo.TISDPOConfig` (everything the trainer takes);
+the work is :class:`tisdpo.TISDPOTrainer`.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
+from typing import Any
 
+import datasets
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from tisdpo.config import DataArguments, ModelArguments, TisdpoConfig, parse_config
-from tisdpo.data.load import load_pairs
-from tisdpo.data.tokenize import PairTokenizer
+from tisdpo.api import TISDPOConfig, TISDPOTrainer, lora_config
+from tisdpo.config import ModelArguments, parse_config
+from tisdpo.config.trainer import DatasetArguments
+from tisdpo.data.formats import RawRecords
+from tisdpo.data.load import read_pairs
+from tisdpo.data.tokenize import tokenizer_fingerprint
 from tisdpo.errors import require
-from tisdpo.modeling import distributed_state, load_model, load_tokenizer_for, wrap_with_lora
-from tisdpo.reference import precompute_reference
-from tisdpo.report.model_card import ModelCardInfo, write_model_card
-from tisdpo.trainer import PreferenceTrainer
+from tisdpo.modeling import (
+    distributed_state,
+    load_model,
+    load_tokenizer_for,
+    unsharded_loading,
+    weights_materialized,
+)
 from tisdpo.utils import write_json
-from tisdpo.weights.io import read_meta
+from tisdpo.weights.io import check_tokenizer, read_meta
 
-logger = logging.getLogger(__name__)
+
+def split_records(records: RawRecords, fraction: float, seed: int) -> tuple[RawRecords, RawRecords]:
+    """``--eval_fraction``: hold out that share of the pairs (a seeded shuffle, as datasets splits)."""
+    split = datasets.Dataset.from_dict({"row": list(range(len(records.rows)))}).train_test_split(
+        test_size=fraction, seed=seed
+    )
+
+    def subset(rows: list[int]) -> RawRecords:
+        # Each row keeps its location in the file: messages name the line it came from.
+        return RawRecords([records.rows[i] for i in rows], records.source, [records.where(i) for i in rows])
+
+    return subset(split["train"]["row"]), subset(split["test"]["row"])
 
 
 def run(argv: list[str]) -> dict[str, float]:
     model_args, data_args, config = parse_config(
-        [ModelArguments, DataArguments, TisdpoConfig], argv, prog="tisdpo train"
+        [ModelArguments, DatasetArguments, TISDPOConfig], argv, prog="tisdpo train"
     )
     model_name = require(model_args.model_name_or_path, "model_name_or_path", "tisdpo train")
     dataset_name = require(data_args.dataset_name, "dataset_name", "tisdpo train")
@@ -32,83 +54,47 @@ def run(argv: list[str]) -> dict[str, float]:
     distributed_state()  # the Trainer's process group (config made it); logs this process's rank
 
     tokenizer = load_tokenizer_for(model_args)
-    pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
-    train_dataset = load_pairs(
-        dataset_name,
-        data_args.dataset_split,
-        data_args,
-        pair_tokenizer,
-        config.needs_weights,
-        data_args.max_samples,
-    )
-    eval_dataset = None
+    for name in (dataset_name, data_args.eval_dataset_name):
+        if name:  # a weights file made with another tokenizer is refused before any model loads
+            check_tokenizer(name, tokenizer_fingerprint(tokenizer))
+    train_rows = read_pairs(dataset_name, data_args.dataset_split, data_args.max_samples)
+    eval_rows = None
     if data_args.eval_dataset_name:
-        eval_dataset = load_pairs(
-            data_args.eval_dataset_name,
-            data_args.eval_dataset_split,
-            data_args,
-            pair_tokenizer,
-            False,  # held-out pairs without weights are scored with unit weights (the DPO loss)
-            data_args.max_eval_samples,
-        )
+        eval_rows = read_pairs(data_args.eval_dataset_name, data_args.eval_dataset_split, data_args.max_eval_samples)
     elif data_args.eval_fraction > 0:
-        split = train_dataset.train_test_split(test_size=data_args.eval_fraction, seed=config.seed)
-        train_dataset, eval_dataset = split["train"], split["test"]
+        train_rows, eval_rows = split_records(train_rows, data_args.eval_fraction, config.seed)
 
     policy = load_model(model_args, model_name)
-    if model_args.use_peft:
-        policy = wrap_with_lora(
-            policy,
-            model_args.lora_r,
-            model_args.lora_alpha,
-            model_args.lora_dropout,
-            model_args.lora_target_modules,
-        )
+    # The reference, when the policy cannot be it (default: the policy's starting weights, held by the trainer).
+    ref_name = model_args.ref_model_name_or_path
     ref_model = None
-    if config.needs_reference:
-        if config.precompute_ref_log_probs:
-            train_dataset, eval_dataset = precompute_reference(
-                model_args, model_name, policy, tokenizer, config, [train_dataset, eval_dataset]
-            )
-        elif model_args.ref_model_name_or_path or not model_args.use_peft:
-            # With PEFT and no reference model the reference is the policy with its adapter disabled.
-            ref_model = load_model(model_args, model_args.ref_model_name_or_path or model_name)
-
-    if config.ddp_find_unused_parameters is None and config.logprob_path == "chunked":
-        # The chunked log-prob path applies the LM head after the model's forward. DDP's search for
-        # unused parameters (transformers' default) would mark the head's weight ready at the end of
-        # the forward and again when its gradient arrives ("marked as ready twice"). Every parameter
-        # of a causal LM is used in every step, so the search is not needed.
-        config.ddp_find_unused_parameters = False
-    trainer = PreferenceTrainer(
+    if config.needs_reference and config.precompute_ref_log_probs and (ref_name or not weights_materialized(policy)):
+        with unsharded_loading():  # scored before training starts: every process holds it whole
+            ref_model = load_model(model_args, ref_name or model_name)
+    elif config.needs_reference and ref_name:
+        ref_model = load_model(model_args, ref_name)
+    peft_config = None
+    if model_args.use_peft:
+        peft_config = lora_config(
+            model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
+    trainer = TISDPOTrainer(
         policy,
         config,
-        tokenizer,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
         ref_model=ref_model,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        peft_config=peft_config,
     )
-    checkpoint = config.resume_from_checkpoint
-    if checkpoint is None and config.auto_resume and os.path.isdir(config.output_dir):
-        checkpoint = get_last_checkpoint(config.output_dir)
-        if checkpoint:
-            logger.info("resuming from %s", checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    del ref_model  # the trainer holds it if it needs it
+    result = trainer.train()
     trainer.save_model(config.output_dir)
-    metrics = dict(result.metrics)
-    if eval_dataset is not None:
+    metrics: dict[str, Any] = dict(result.metrics)
+    if eval_rows is not None:
         metrics.update(trainer.evaluate())
     if trainer.is_world_process_zero():
         write_json(os.path.join(config.output_dir, "all_results.json"), metrics)
-        card = ModelCardInfo.from_training(
-            config,
-            model_name,
-            dataset_name,
-            trainer.state.log_history,
-            weights_meta=read_meta(dataset_name) if config.needs_weights else None,
-            num_pairs=len(train_dataset),
-            is_adapter=model_args.use_peft,
-        )
-        write_model_card(config.output_dir, card)
+        trainer.create_model_card(dataset_name, read_meta(dataset_name) if config.needs_weights else None)
         trainer.save_state()
     return metrics

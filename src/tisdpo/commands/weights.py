@@ -1,8 +1,9 @@
 """``tisdpo weights``: token rewards from a contrastive pair, turned into TIS-DPO weights.
 
 The flags are :class:`tisdpo.config.WeightsArguments` (with the model and data flags); the
-work is :func:`tisdpo.weights.estimate.estimate_weights` (or, with ``--from_rewards``,
-:func:`tisdpo.weights.estimate.rederive_weights`). This module checks the flags and writes the file.
+work is :func:`tisdpo.weights.estimate.estimate_weights`, which :func:`tisdpo.estimate_weights` runs too (or,
+with ``--from_rewards``, :func:`tisdpo.weights.estimate.rederive_weights`). This module checks the flags and
+writes the file with :func:`tisdpo.save_weights`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import logging
 import shutil
 
+from tisdpo.api import save_weights
 from tisdpo.config import DataArguments, ModelArguments, WeightsArguments, parse_config, transform_config
 from tisdpo.errors import UserError
 from tisdpo.weights.estimate import estimate_weights, parts_dir, rederive_weights
-from tisdpo.weights.io import check_output_extension, write_weights_file
+from tisdpo.weights.io import check_output_extension
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def run(argv: list[str]) -> None:
     if args.from_rewards:
         config = transform_config(args)
         rows, meta = rederive_weights(args.from_rewards, config)
-        write_weights_file(args.output_file, rows, meta)
+        save_weights(args.output_file, rows, meta)
         logger.info("wrote %d rows with %s weights to %s", len(rows), config.name, args.output_file)
         return
     if not data_args.dataset_name:
@@ -44,7 +46,7 @@ def run(argv: list[str]) -> None:
     estimated = estimate_weights(model_args, data_args, args)
     if estimated is None:  # not the main process
         return
-    write_weights_file(args.output_file, estimated.rows, estimated.meta)
+    save_weights(args.output_file, estimated.rows, estimated.meta)
     shutil.rmtree(parts_dir(args.output_file), ignore_errors=True)
     logger.info(
         "wrote %d rows to %s (%d dropped by truncation)",

@@ -2,7 +2,8 @@
 
 ``--config recipe.yaml`` sets the same fields as the flags (keys are field names); flags given on the
 command line override the file. :func:`check_values` checks a mapping of settings (a YAML file, a recipe's
-section) with the same code: choices, numbers, booleans, and unknown names with the closest valid one.
+section) with the same code: choices, numbers and their ranges (:mod:`tisdpo.config.ranges`), booleans, and
+unknown names with the closest valid one.
 Every mistake is a one-line :class:`~tisdpo.errors.UserError`.
 """
 
@@ -18,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
+from tisdpo.config.ranges import check_range, check_ranges
 from tisdpo.errors import UserError, did_you_mean, one_line
 from tisdpo.objectives import OBJECTIVES
 
@@ -174,10 +176,12 @@ def _check_values(
 ) -> dict[str, Any]:
     check_keys(list(values), types, source, section)
     actions = field_actions(parser)
-    return {
-        key: _coerce(actions[key], value, source, f"{section}.{key}" if section else key) if key in actions else value
-        for key, value in values.items()
-    }
+    checked = {}
+    for key, value in values.items():
+        name = f"{section}.{key}" if section else key
+        checked[key] = _coerce(actions[key], value, source, name) if key in actions else value
+        check_range(key, checked[key], name, source)
+    return checked
 
 
 def check_values(
@@ -241,4 +245,6 @@ def parse_config(
         flag = remaining[0]
         name = flag.lstrip("-").split("=", 1)[0]
         raise UserError(f"unknown flag '{flag}'{did_you_mean(name, field_names(types))}")
+    for settings in parsed:
+        check_ranges(settings)
     return tuple(parsed)

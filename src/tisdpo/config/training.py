@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from transformers import TrainingArguments
 
+from tisdpo.config.ranges import check_ranges
 from tisdpo.errors import UserError
 from tisdpo.gguf_names import join_gguf
 from tisdpo.logprobs import DEFAULT_CHUNK_SIZE
@@ -219,6 +220,7 @@ class TisdpoConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        check_ranges(self)  # the Python API and every command refuse the same values
         if self.output_dir is None:
             raise UserError("--output_dir is required")
         if os.path.isfile(self.output_dir):

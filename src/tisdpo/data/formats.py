@@ -401,8 +401,19 @@ def load_preference_rows(
     records = read_records(name_or_path, split)
     if max_samples is not None:
         records = RawRecords(records.rows[:max_samples], records.source, records.locations[:max_samples])
+    return records, normalize_records(records, options, skip_empty_responses, drop_identical)
+
+
+def normalize_records(
+    records: RawRecords,
+    options: FormatOptions | None = None,
+    skip_empty_responses: bool = False,
+    drop_identical: bool = False,
+) -> list[dict[str, Any]]:
+    """The rows of ``records`` (read from a file, or given in memory) normalized, as :func:`load_preference_rows`
+    returns them."""
     if not records.rows:
-        raise UserError("the dataset has no rows", source=name_or_path)
+        raise UserError("the dataset has no rows", source=records.source)
     rows = [
         {**row, "source_index": index}
         for index, row in iter_normalized(records, options or FormatOptions(), skip_empty_responses)
@@ -410,14 +421,14 @@ def load_preference_rows(
     if not rows:
         raise UserError(
             f"no pair left: all {len(records.rows)} have an empty response (dropped by --skip_empty_responses)",
-            source=name_or_path,
+            source=records.source,
         )
     check_one_format(rows, records)
     identical = sum(1 for row in rows if row["chosen"] == row["rejected"])
     if identical:
         logger.warning(
             "%s: %d of %d pair(s) have chosen identical to rejected; they carry no preference signal%s",
-            name_or_path,
+            records.source,
             identical,
             len(rows),
             " (dropped)" if drop_identical else " (--drop_identical_pairs true drops them)",
@@ -427,6 +438,6 @@ def load_preference_rows(
             if not rows:
                 raise UserError(
                     f"no pair left: all {identical} have chosen identical to rejected (dropped by --drop_identical_pairs)",
-                    source=name_or_path,
+                    source=records.source,
                 )
-    return records, rows
+    return rows

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from tisdpo import __version__
 from tisdpo.objectives import OBJECTIVES
 from tisdpo.report.page import write_text
 from tisdpo.report.tables import fmt, markdown_table
+from tisdpo.version import __version__
 
 # Parameters of each weight transform (tisdpo.weights.transforms.WeightTransformConfig fields).
 TRANSFORM_PARAMETERS: dict[str, tuple[str, ...]] = {

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tisdpo import __version__
 from tisdpo.config import WeightsArguments, transform_config
-from tisdpo.data.formats import RawRecords, load_preference_rows, read_records
-from tisdpo.data.load import format_options
+from tisdpo.data.formats import RawRecords, normalize_records, read_records
+from tisdpo.data.load import format_options, read_pairs
 from tisdpo.data.prepare import check_numbers, check_token_ids
 from tisdpo.data.tokenize import PairTokenizer, PromptContext, TokenizedPair, tokenizer_fingerprint
 from tisdpo.errors import UserError
 from tisdpo.modeling import distributed_state, load_model, load_model_pair, load_tokenizer
 from tisdpo.scoring import score_groups
 from tisdpo.utils import atomic_path, digest, file_identity
+from tisdpo.version import __version__
 from tisdpo.weights.io import read_meta, write_rows
 from tisdpo.weights.prompts import ContrastivePrompt, resolve_prompt
 from tisdpo.weights.transforms import WeightTransformConfig, content_mask, normalize_weights, transform_pair
@@ -399,10 +399,10 @@ class EstimatedWeights:
 
 
 def estimate_weights(
-    model_args: ModelArguments, data_args: DataArguments, args: WeightsArguments
+    model_args: ModelArguments, data_args: DataArguments, args: WeightsArguments, records: RawRecords | None = None
 ) -> EstimatedWeights | None:
-    """Score the pairs of ``--dataset_name`` with the contrast the options name (in resumable parts beside
-    ``args.output_file``) and turn the rewards into weights. None on non-main processes."""
+    """Score the pairs of ``--dataset_name`` (or the rows of ``records``) with the contrast the options name (in
+    resumable parts beside ``args.output_file``) and turn the rewards into weights. None on non-main processes."""
     config = transform_config(args)
     contrast, provenance, tokenizer_name = build_contrast(model_args, args)
     tokenizer = load_tokenizer(tokenizer_name, model_args.trust_remote_code, model_args.revision)
@@ -414,11 +414,11 @@ def estimate_weights(
             model_args.trust_remote_code,
         )
     pair_tokenizer = PairTokenizer(tokenizer, data_args.max_length, data_args.max_prompt_length)
-    records, rows = load_preference_rows(
-        data_args.dataset_name,
-        data_args.dataset_split,
+    if records is None:
+        records = read_pairs(data_args.dataset_name, data_args.dataset_split, data_args.max_samples)
+    rows = normalize_records(
+        records,
         format_options(data_args),
-        data_args.max_samples,
         data_args.skip_empty_responses,
         drop_identical=data_args.drop_identical_pairs,
     )
