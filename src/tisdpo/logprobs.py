@@ -517,8 +517,102 @@ def unshared(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return rewritten
 
 
+# Model types whose every layer is full causal attention that takes a custom 4D mask as it is and places each
+# token by its position id (not by its column): the families tests/test_model_families.py verifies exact, with the
+# support table in docs/models.md. Any other model type keeps the plain layout, whatever the probe says: the probe's
+# short rows cannot tell a recurrent state or a long window from full attention.
+SHARED_PROMPT_MODEL_TYPES = frozenset(
+    {
+        "falcon",
+        "gemma",
+        "gpt2",
+        "gpt_bigcode",
+        "gpt_neox",
+        "gptj",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo2",
+        "opt",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "smollm3",
+        "stablelm",
+        "starcoder2",
+    }
+)
+# Config names of windowed, chunked or local attention, in any spelling seen so far (sliding_window, window_size,
+# attention_window_size, attention_chunk_size, local_attention ...): a field whose name holds one of these words
+# and whose value is set refuses the shared layout, unless it is in NOT_AN_ATTENTION_SPAN.
+ATTENTION_SPAN_WORDS = ("window", "chunk", "local")
+NOT_AN_ATTENTION_SPAN = frozenset(
+    {
+        "chunk_size_feed_forward",  # the feed-forward computed in chunks: the same values
+        "max_window_layers",  # how many layers a sliding window would skip; the window itself is sliding_window
+        "num_local_experts",  # mixture-of-experts size
+    }
+)
+# Config names of a recurrent, state-space or convolution layer (Mamba, Jamba, Falcon-H1, LFM2, RecurrentGemma ...):
+# a token's state carries every earlier column, so the rejected response would see the chosen one.
+RECURRENT_WORDS = ("mamba", "ssm", "state_size", "lru_", "conv")
+# Layer kinds that are full causal attention, as configs name them in layer_types, attention_types ...
+FULL_ATTENTION_KINDS = frozenset({"full_attention", "attention", "global"})
+
+
+def attention_span_field(config: object) -> str | None:
+    """``name=value`` of the first field of ``config`` that sets a windowed, chunked or local attention, or None."""
+    fields = vars(config) if hasattr(config, "__dict__") else {}
+    for name, value in fields.items():
+        words = name.lower()
+        if name in NOT_AN_ATTENTION_SPAN or not any(word in words for word in ATTENTION_SPAN_WORDS):
+            continue
+        if name == "sliding_window" and fields.get("use_sliding_window") is False:
+            continue  # Qwen2/Qwen3: a window size that use_sliding_window leaves unused
+        if value not in (None, False, 0, "", [], ()):
+            return f"{name}={value!r}"
+    return None
+
+
+def recurrent_field(config: object) -> str | None:
+    """The first set field of ``config`` that configures a recurrent, state-space or convolution layer, or None."""
+    for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
+        if any(word in name.lower() for word in RECURRENT_WORDS) and value not in (None, False, 0, "", [], ()):
+            return name
+    return None
+
+
+def layer_kinds(value: object) -> list[str]:
+    """The strings in a (nested) list or tuple: ``[[["global", "local"], 12]]`` gives ``["global", "local"]``."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [kind for item in value for kind in layer_kinds(item)]
+    return []
+
+
+def non_attention_layer_kinds(config: object) -> list[str]:
+    """Layer kinds other than full attention that ``config`` lists (``layer_types``, ``attention_types``,
+    ``attention_layers``, ``block_types``, ``layers_block_type`` ...)."""
+    kinds: set[str] = set()
+    for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
+        if any(word in name.lower() for word in ("type", "layers", "pattern")) and isinstance(value, (list, tuple)):
+            kinds.update(layer_kinds(value))
+    return sorted(kinds - FULL_ATTENTION_KINDS)
+
+
 def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
-    """The cheap check: why the model cannot take a custom 4D mask with restarted positions, or None."""
+    """The allow-list: why the shared layout is not known to be exact for this model, or None.
+
+    A model passes only when (1) its attention implementation takes a custom 4D mask, (2) its forward takes
+    position ids, (3) its model type is one whose layers are all full causal attention placed by position ids
+    (:data:`SHARED_PROMPT_MODEL_TYPES`, each verified by the model-family matrix test), and (4) no config, nested
+    ones included, sets a recurrent, state-space or convolution layer, or a windowed, chunked or local attention in
+    any spelling, or lists a layer kind other than full attention. Windows are decided here, from the config alone: the probe's rows are a few tokens long, while
+    a real window is thousands, and a window the rows do not reach changes nothing the probe can see (GPT-Neo's
+    local layers mask by column distance, so a rejected token farther than the window from the prompt loses it).
+    """
     base = unwrap(model)
     implementation = attention_implementation(model)
     if implementation not in SHARED_PROMPT_ATTENTION:
@@ -529,12 +623,20 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
         parameters = {}
     if "position_ids" not in parameters:
         return "its forward takes no position_ids"
-    for sub_config in configs_of(getattr(base, "config", None)):
-        if getattr(sub_config, "sliding_window", None) and getattr(sub_config, "use_sliding_window", True):
-            return "its config sets a sliding window"
-        layer_types = set(getattr(sub_config, "layer_types", None) or ())
-        if layer_types - {"full_attention"}:
-            return f"its layers are not all full attention ({', '.join(sorted(layer_types))})"
+    config = getattr(base, "config", None)
+    for sub_config in configs_of(config):
+        recurrent = recurrent_field(sub_config)
+        if recurrent is not None:
+            return f"its config sets {recurrent} (a recurrent, state-space or convolution layer)"
+        span = attention_span_field(sub_config)
+        if span is not None:
+            return f"its config sets {span} (windowed, chunked or local attention)"
+        kinds = non_attention_layer_kinds(sub_config)
+        if kinds:
+            return f"its layers are not all full attention ({', '.join(kinds)})"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SHARED_PROMPT_MODEL_TYPES:
+        return f"its model type {model_type!r} is not one the shared layout is verified exact for (docs/models.md)"
     return None
 
 
