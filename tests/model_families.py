@@ -39,6 +39,7 @@ class Family:
     gguf: bool  # transformers' GGUF loader lists the architecture
     note: str = ""  # why the family keeps the plain layout
     lora_note: str = ""  # why LoRA on all-linear does not train
+    reason: str = ""  # a fragment of the reason the check logs for a PLAIN family
 
     def config(self, vocab_size: int, special_ids: dict[str, int]) -> Any:
         config_class = getattr(transformers, self.config_class, None)
@@ -64,7 +65,16 @@ SLIDING_TWO_LAYERS = {"sliding_window": WINDOW, "layer_types": ["sliding_attenti
 
 FAMILIES: list[Family] = [
     Family("llama", "LlamaConfig", attention_fields(), PACKED, True, True),
-    Family("mistral", "MistralConfig", attention_fields(sliding_window=WINDOW), PLAIN, True, True, "sliding window"),
+    Family(
+        "mistral",
+        "MistralConfig",
+        attention_fields(sliding_window=WINDOW),
+        PLAIN,
+        True,
+        True,
+        "sliding window",
+        reason="sliding_window=12",
+    ),
     Family("mistral (no window)", "MistralConfig", attention_fields(sliding_window=None), PACKED, True, True),
     Family(
         "gemma2",
@@ -74,6 +84,7 @@ FAMILIES: list[Family] = [
         True,
         True,
         "sliding window",
+        reason="sliding_window=12",
     ),
     Family(
         "gemma3",
@@ -83,9 +94,28 @@ FAMILIES: list[Family] = [
         True,
         True,
         "sliding window",
+        reason="sliding_window=12",
     ),
-    Family("cohere2", "Cohere2Config", attention_fields(**SLIDING_TWO_LAYERS), PLAIN, True, False, "sliding window"),
-    Family("phi3", "Phi3Config", attention_fields(sliding_window=WINDOW), PLAIN, True, True, "sliding window"),
+    Family(
+        "cohere2",
+        "Cohere2Config",
+        attention_fields(**SLIDING_TWO_LAYERS),
+        PLAIN,
+        True,
+        False,
+        "sliding window",
+        reason="sliding_window=12",
+    ),
+    Family(
+        "phi3",
+        "Phi3Config",
+        attention_fields(sliding_window=WINDOW),
+        PLAIN,
+        True,
+        True,
+        "sliding window",
+        reason="sliding_window=12",
+    ),
     Family(
         "gpt_oss",
         "GptOssConfig",
@@ -94,6 +124,7 @@ FAMILIES: list[Family] = [
         True,
         True,
         "sliding window",
+        reason="sliding_window=12",
     ),
     Family(
         "llama4",
@@ -110,8 +141,18 @@ FAMILIES: list[Family] = [
         False,
         "chunked attention",
         lora_note="PEFT fails: 'tuple' object has no attribute 'dtype'",
+        reason="attention_chunk_size=12",
     ),
-    Family("bloom", "BloomConfig", {"hidden_size": HIDDEN, "n_layer": LAYERS, "n_head": 2}, PLAIN, True, True, "ALiBi"),
+    Family(
+        "bloom",
+        "BloomConfig",
+        {"hidden_size": HIDDEN, "n_layer": LAYERS, "n_head": 2},
+        PLAIN,
+        True,
+        True,
+        "ALiBi",
+        reason="takes no position_ids",
+    ),
     Family(
         "mpt",
         "MptConfig",
@@ -120,6 +161,7 @@ FAMILIES: list[Family] = [
         True,
         False,
         "ALiBi",
+        reason="takes no position_ids",
     ),
     Family(
         "opt",
@@ -162,6 +204,7 @@ FAMILIES: list[Family] = [
         True,
         False,
         "local attention",
+        reason="window_size=12",
     ),
     Family(
         "gpt_neox",
@@ -207,6 +250,7 @@ FAMILIES: list[Family] = [
         False,
         "linear attention (recurrent)",
         lora_note="PEFT refuses its expert parameters with lora_dropout != 0",
+        reason="linear_conv_kernel_dim=4 (a recurrent",
     ),
     Family(
         "mamba",
@@ -217,6 +261,7 @@ FAMILIES: list[Family] = [
         True,
         "state space",
         lora_note="PEFT refuses out_proj and conv1d of Mamba layers",
+        reason="takes no position_ids",
     ),
     Family(
         "jamba",
@@ -236,6 +281,7 @@ FAMILIES: list[Family] = [
         True,
         False,
         "state space",
+        reason="mamba_d_state=4 (a recurrent",
     ),
     Family(
         "falcon_h1",
@@ -248,6 +294,7 @@ FAMILIES: list[Family] = [
         False,
         "state space",
         lora_note="PEFT refuses out_proj and conv1d of Mamba layers",
+        reason="mamba_d_ssm=32 (a recurrent",
     ),
     Family(
         "lfm2",
@@ -265,6 +312,7 @@ FAMILIES: list[Family] = [
         True,
         True,
         "short convolutions",
+        reason="conv_L_cache=3 (a recurrent",
     ),
     Family(
         "recurrent_gemma",
@@ -280,6 +328,7 @@ FAMILIES: list[Family] = [
         True,
         False,
         "recurrent, local attention",
+        reason="lru_width=32 (a recurrent",
     ),
     Family("qwen2", "Qwen2Config", attention_fields(), PACKED, True, True),
     Family("gemma", "GemmaConfig", attention_fields(head_dim=16), PACKED, True, False),
@@ -296,6 +345,16 @@ FAMILIES: list[Family] = [
         PACKED,
         True,
         True,
+    ),
+    Family(
+        "falcon (ALiBi)",
+        "FalconConfig",
+        {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": 2, "alibi": True},
+        PLAIN,
+        True,
+        True,
+        "ALiBi",
+        reason="alibi=True",
     ),
 ]
 

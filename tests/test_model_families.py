@@ -26,7 +26,7 @@ from model_families import FAMILIES, PACKED, PLAIN, Family, expected_layouts, fa
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from tisdpo.logprobs import shared_prompt_is_exact
+from tisdpo.logprobs import probe_shared_prompt_mismatch, shared_prompt_config_mismatch, shared_prompt_is_exact
 from tisdpo.modeling import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +65,11 @@ def tiny_family_model(family: Family, tokenizer_dir: str, out: Path) -> str:
     return str(out)
 
 
-def layout_of(model_dir: str) -> str:
-    """The layout ``tisdpo`` gives the model as its commands load it."""
-    return PACKED if shared_prompt_is_exact(load_causal_lm(model_dir, dtype="float32")) else PLAIN
+def layout_and_reason(model_dir: str) -> tuple[str, str]:
+    """The layout ``tisdpo`` gives the model as its commands load it, and why it is not the fast one."""
+    model = load_causal_lm(model_dir, dtype="float32")
+    reason = shared_prompt_config_mismatch(model) or probe_shared_prompt_mismatch(model) or ""
+    return (PACKED if shared_prompt_is_exact(model) else PLAIN), reason
 
 
 def trained_parameters(model_dir: str, data: str, out: Path, *flags: object) -> dict[str, torch.Tensor]:
@@ -108,7 +110,9 @@ def test_every_layout_gives_the_same_weights_and_trains_the_same_model(name, tin
         run_ok(*prompt_weights_args(model_dir, pairs_file, weights[shared], "--shared_prompt", shared))
     assert_same_weights(weights["false"], weights["true"])
     assert_layouts_train_alike(model_dir, weights["true"], tmp_path / "train", "--loss_type", "tisdpo")
-    assert layout_of(model_dir) == family.layout
+    layout, reason = layout_and_reason(model_dir)
+    assert layout == family.layout, reason
+    assert (family.reason in reason) if family.layout == PLAIN else not reason, reason
 
 
 def test_gpt_neo_with_a_window_shorter_than_a_pair_trains_alike_with_dpo(tiny_model_dir, pairs_file, tmp_path):

@@ -244,8 +244,9 @@ def test_windows_and_recurrent_layers_of_any_spelling_are_refused_from_the_confi
         "attention_types": ([[["global", "local"], 1]], "not all full attention (local)"),  # GPT-Neo
         "layers_block_type": (["hybrid", "attention"], "not all full attention (hybrid)"),  # Zamba
         "block_types": (["recurrent", "attention"], "not all full attention (recurrent)"),
-        "mamba_d_state": (16, "mamba_d_state (a recurrent"),  # Jamba, Falcon-H1
-        "conv_L_cache": (3, "conv_L_cache (a recurrent"),  # LFM2
+        "mamba_d_state": (16, "mamba_d_state=16 (a recurrent"),  # Jamba, Falcon-H1
+        "conv_L_cache": (3, "conv_L_cache=3 (a recurrent"),  # LFM2
+        "alibi": (True, "alibi=True (a position bias by column distance)"),  # Falcon-RW
     }
     for field, (value, reason) in refusals.items():
         model = tiny_model("llama", "sdpa")

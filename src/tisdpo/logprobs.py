@@ -557,6 +557,8 @@ NOT_AN_ATTENTION_SPAN = frozenset(
 # Config names of a recurrent, state-space or convolution layer (Mamba, Jamba, Falcon-H1, LFM2, RecurrentGemma ...):
 # a token's state carries every earlier column, so the rejected response would see the chosen one.
 RECURRENT_WORDS = ("mamba", "ssm", "state_size", "lru_", "conv")
+# Config names of position biases by column distance (ALiBi): the rejected response would be placed after the chosen.
+COLUMN_DISTANCE_WORDS = ("alibi",)
 # Layer kinds that are full causal attention, as configs name them in layer_types, attention_types ...
 FULL_ATTENTION_KINDS = frozenset({"full_attention", "attention", "global"})
 
@@ -575,11 +577,11 @@ def attention_span_field(config: object) -> str | None:
     return None
 
 
-def recurrent_field(config: object) -> str | None:
-    """The first set field of ``config`` that configures a recurrent, state-space or convolution layer, or None."""
+def set_field(config: object, words: tuple[str, ...]) -> str | None:
+    """``name=value`` of the first field of ``config`` whose name holds one of ``words`` and whose value is set."""
     for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
-        if any(word in name.lower() for word in RECURRENT_WORDS) and value not in (None, False, 0, "", [], ()):
-            return name
+        if any(word in name.lower() for word in words) and value not in (None, False, 0, "", [], ()):
+            return f"{name}={value!r}"
     return None
 
 
@@ -608,8 +610,8 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
     A model passes only when (1) its attention implementation takes a custom 4D mask, (2) its forward takes
     position ids, (3) its model type is one whose layers are all full causal attention placed by position ids
     (:data:`SHARED_PROMPT_MODEL_TYPES`, each verified by the model-family matrix test), and (4) no config, nested
-    ones included, sets a recurrent, state-space or convolution layer, or a windowed, chunked or local attention in
-    any spelling, or lists a layer kind other than full attention. Windows are decided here, from the config alone: the probe's rows are a few tokens long, while
+    ones included, sets a recurrent, state-space or convolution layer, an ALiBi bias, or a windowed, chunked or local
+    attention in any spelling, or lists a layer kind other than full attention. Windows are decided here, from the config alone: the probe's rows are a few tokens long, while
     a real window is thousands, and a window the rows do not reach changes nothing the probe can see (GPT-Neo's
     local layers mask by column distance, so a rejected token farther than the window from the prompt loses it).
     """
@@ -625,9 +627,12 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
         return "its forward takes no position_ids"
     config = getattr(base, "config", None)
     for sub_config in configs_of(config):
-        recurrent = recurrent_field(sub_config)
+        recurrent = set_field(sub_config, RECURRENT_WORDS)
         if recurrent is not None:
             return f"its config sets {recurrent} (a recurrent, state-space or convolution layer)"
+        column_bias = set_field(sub_config, COLUMN_DISTANCE_WORDS)
+        if column_bias is not None:
+            return f"its config sets {column_bias} (a position bias by column distance)"
         span = attention_span_field(sub_config)
         if span is not None:
             return f"its config sets {span} (windowed, chunked or local attention)"
