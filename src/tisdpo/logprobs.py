@@ -563,24 +563,15 @@ COLUMN_DISTANCE_WORDS = ("alibi",)
 FULL_ATTENTION_KINDS = frozenset({"full_attention", "attention", "global"})
 
 
-def attention_span_field(config: object) -> str | None:
-    """``name=value`` of the first field of ``config`` that sets a windowed, chunked or local attention, or None."""
+def set_field(config: object, words: tuple[str, ...], ignored: frozenset[str] = frozenset()) -> str | None:
+    """``name=value`` of the first field of ``config`` whose name holds one of ``words`` and whose value is set."""
     fields = vars(config) if hasattr(config, "__dict__") else {}
     for name, value in fields.items():
-        words = name.lower()
-        if name in NOT_AN_ATTENTION_SPAN or not any(word in words for word in ATTENTION_SPAN_WORDS):
+        if name in ignored or not any(word in name.lower() for word in words):
             continue
         if name == "sliding_window" and fields.get("use_sliding_window") is False:
             continue  # Qwen2/Qwen3: a window size that use_sliding_window leaves unused
         if value not in (None, False, 0, "", [], ()):
-            return f"{name}={value!r}"
-    return None
-
-
-def set_field(config: object, words: tuple[str, ...]) -> str | None:
-    """``name=value`` of the first field of ``config`` whose name holds one of ``words`` and whose value is set."""
-    for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
-        if any(word in name.lower() for word in words) and value not in (None, False, 0, "", [], ()):
             return f"{name}={value!r}"
     return None
 
@@ -608,12 +599,16 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
     """The allow-list: why the shared layout is not known to be exact for this model, or None.
 
     A model passes only when (1) its attention implementation takes a custom 4D mask, (2) its forward takes
-    position ids, (3) its model type is one whose layers are all full causal attention placed by position ids
-    (:data:`SHARED_PROMPT_MODEL_TYPES`, each verified by the model-family matrix test), and (4) no config, nested
-    ones included, sets a recurrent, state-space or convolution layer, an ALiBi bias, or a windowed, chunked or local
-    attention in any spelling, or lists a layer kind other than full attention. Windows are decided here, from the config alone: the probe's rows are a few tokens long, while
+    position ids, (3) no config, nested ones included, sets a recurrent, state-space or convolution layer, an ALiBi
+    bias, or a windowed, chunked or local attention in any spelling, or lists a layer kind other than full
+    attention, and (4) its model type is one whose layers are all full causal attention placed by position ids
+    (:data:`SHARED_PROMPT_MODEL_TYPES`, each verified by the model-family matrix test). Anything else, unrecognised
+    included, keeps the plain layout.
+
+    Windows are decided here, from the config alone, not by the probe: the probe's rows are a few tokens long while
     a real window is thousands, and a window the rows do not reach changes nothing the probe can see (GPT-Neo's
     local layers mask by column distance, so a rejected token farther than the window from the prompt loses it).
+    A probe long enough to reach such a window would cost a forward of thousands of tokens per model.
     """
     base = unwrap(model)
     implementation = attention_implementation(model)
@@ -633,7 +628,7 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
         column_bias = set_field(sub_config, COLUMN_DISTANCE_WORDS)
         if column_bias is not None:
             return f"its config sets {column_bias} (a position bias by column distance)"
-        span = attention_span_field(sub_config)
+        span = set_field(sub_config, ATTENTION_SPAN_WORDS, NOT_AN_ATTENTION_SPAN)
         if span is not None:
             return f"its config sets {span} (windowed, chunked or local attention)"
         kinds = non_attention_layer_kinds(sub_config)
@@ -689,7 +684,8 @@ _shared_verdicts: weakref.WeakKeyDictionary[nn.Module, tuple[str | None, bool]] 
 def shared_prompt_is_exact(model: nn.Module) -> bool:
     """Whether a shared-prompt forward computes exactly this model's log-probs; decided once per model.
 
-    The config check first, then :func:`probe_shared_prompt_mismatch`; for a model that fails either,
+    The config check (an allow-list, :func:`shared_prompt_config_mismatch`) first, then
+    :func:`probe_shared_prompt_mismatch` (the 4D mask and position ids honoured); for a model that fails either,
     shared-prompt batches are unshared on the device (one prompt + completion a row), said once in the log.
     """
     return cached_verdict(
