@@ -230,7 +230,45 @@ def test_config_reasons_to_not_share():
     assert "flash_attention_2" in shared_prompt_config_mismatch(model)
     model.config._attn_implementation = "sdpa"
     model.config.sliding_window = 4
-    assert "sliding window" in shared_prompt_config_mismatch(model)
+    assert "sliding_window=4" in shared_prompt_config_mismatch(model)
+
+
+def test_windows_and_recurrent_layers_of_any_spelling_are_refused_from_the_config():
+    """Window-like fields, layer-kind lists and recurrent fields, as the families that use them spell them."""
+    refusals = {
+        "window_size": (8, "window_size=8"),  # GPT-Neo's local layers
+        "attention_window_size": (16, "attention_window_size=16"),  # RecurrentGemma
+        "attention_chunk_size": (8192, "attention_chunk_size=8192"),  # Llama 4
+        "local_attention": (128, "local_attention=128"),  # ModernBERT decoder
+        "use_sliding_window": (True, "use_sliding_window=True"),
+        "attention_types": ([[["global", "local"], 1]], "not all full attention (local)"),  # GPT-Neo
+        "layers_block_type": (["hybrid", "attention"], "not all full attention (hybrid)"),  # Zamba
+        "block_types": (["recurrent", "attention"], "not all full attention (recurrent)"),
+        "mamba_d_state": (16, "mamba_d_state=16 (a recurrent"),  # Jamba, Falcon-H1
+        "conv_L_cache": (3, "conv_L_cache=3 (a recurrent"),  # LFM2
+        "alibi": (True, "alibi=True (a position bias by column distance)"),  # Falcon-RW
+    }
+    for field, (value, reason) in refusals.items():
+        model = tiny_model("llama", "sdpa")
+        setattr(model.config, field, value)
+        assert reason in (shared_prompt_config_mismatch(model) or ""), field
+
+
+def test_settings_that_are_not_windows_keep_the_shared_layout():
+    model = tiny_model("llama", "sdpa")
+    model.config.use_sliding_window = False  # Qwen2/Qwen3: the window size below is not used
+    model.config.sliding_window = 4096
+    model.config.max_window_layers = 28
+    model.config.num_local_experts = 8
+    model.config.layer_types = ["full_attention", "full_attention"]
+    assert shared_prompt_config_mismatch(model) is None
+
+
+def test_a_model_type_not_known_to_be_exact_keeps_the_plain_layout():
+    model = tiny_model("llama", "sdpa")
+    model.config.model_type = "llama_with_something_new"
+    assert "model type 'llama_with_something_new' is not one" in shared_prompt_config_mismatch(model)
+    assert not shared_prompt_is_exact(model)
 
 
 def test_a_model_refused_by_the_config_check_scores_shared_batches_unshared(caplog):
@@ -241,7 +279,7 @@ def test_a_model_refused_by_the_config_check_scores_shared_batches_unshared(capl
     with caplog.at_level(logging.INFO, logger="tisdpo"), torch.no_grad():
         out = batch_logps(model, shared, path="logits", return_logits=True)
         expected = batch_logps(model, plain, path="logits", return_logits=True)
-    assert "sliding window; each prompt is computed once per completion" in caplog.text
+    assert "sliding_window=4 (windowed, chunked or local attention); each prompt is computed once" in caplog.text
     assert torch.equal(out.logps, expected.logps) and torch.equal(out.logits, expected.logits)
 
 

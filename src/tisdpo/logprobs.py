@@ -517,8 +517,99 @@ def unshared(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return rewritten
 
 
+# Model types whose every layer is full causal attention that takes a custom 4D mask as it is and places each
+# token by its position id (not by its column): the families tests/test_model_families.py verifies exact, with the
+# support table in docs/models.md. Any other model type keeps the plain layout, whatever the probe says: the probe's
+# short rows cannot tell a recurrent state or a long window from full attention.
+SHARED_PROMPT_MODEL_TYPES = frozenset(
+    {
+        "falcon",
+        "gemma",
+        "gpt2",
+        "gpt_bigcode",
+        "gpt_neox",
+        "gptj",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo2",
+        "opt",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "smollm3",
+        "stablelm",
+        "starcoder2",
+    }
+)
+# Config names of windowed, chunked or local attention, in any spelling seen so far (sliding_window, window_size,
+# attention_window_size, attention_chunk_size, local_attention ...): a field whose name holds one of these words
+# and whose value is set refuses the shared layout, unless it is in NOT_AN_ATTENTION_SPAN.
+ATTENTION_SPAN_WORDS = ("window", "chunk", "local")
+NOT_AN_ATTENTION_SPAN = frozenset(
+    {
+        "chunk_size_feed_forward",  # the feed-forward computed in chunks: the same values
+        "max_window_layers",  # how many layers a sliding window would skip; the window itself is sliding_window
+        "num_local_experts",  # mixture-of-experts size
+    }
+)
+# Config names of a recurrent, state-space or convolution layer (Mamba, Jamba, Falcon-H1, LFM2, RecurrentGemma ...):
+# a token's state carries every earlier column, so the rejected response would see the chosen one.
+RECURRENT_WORDS = ("mamba", "ssm", "state_size", "lru_", "conv")
+# Config names of position biases by column distance (ALiBi): the rejected response would be placed after the chosen.
+COLUMN_DISTANCE_WORDS = ("alibi",)
+# Layer kinds that are full causal attention, as configs name them in layer_types, attention_types ...
+FULL_ATTENTION_KINDS = frozenset({"full_attention", "attention", "global"})
+
+
+def set_field(config: object, words: tuple[str, ...], ignored: frozenset[str] = frozenset()) -> str | None:
+    """``name=value`` of the first field of ``config`` whose name holds one of ``words`` and whose value is set."""
+    fields = vars(config) if hasattr(config, "__dict__") else {}
+    for name, value in fields.items():
+        if name in ignored or not any(word in name.lower() for word in words):
+            continue
+        if name == "sliding_window" and fields.get("use_sliding_window") is False:
+            continue  # Qwen2/Qwen3: a window size that use_sliding_window leaves unused
+        if value not in (None, False, 0, "", [], ()):
+            return f"{name}={value!r}"
+    return None
+
+
+def layer_kinds(value: object) -> list[str]:
+    """The strings in a (nested) list or tuple: ``[[["global", "local"], 12]]`` gives ``["global", "local"]``."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [kind for item in value for kind in layer_kinds(item)]
+    return []
+
+
+def non_attention_layer_kinds(config: object) -> list[str]:
+    """Layer kinds other than full attention that ``config`` lists (``layer_types``, ``attention_types``,
+    ``attention_layers``, ``block_types``, ``layers_block_type`` ...)."""
+    kinds: set[str] = set()
+    for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
+        if any(word in name.lower() for word in ("type", "layers", "pattern")) and isinstance(value, (list, tuple)):
+            kinds.update(layer_kinds(value))
+    return sorted(kinds - FULL_ATTENTION_KINDS)
+
+
 def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
-    """The cheap check: why the model cannot take a custom 4D mask with restarted positions, or None."""
+    """The allow-list: why the shared layout is not known to be exact for this model, or None.
+
+    A model passes only when (1) its attention implementation takes a custom 4D mask, (2) its forward takes
+    position ids, (3) no config, nested ones included, sets a recurrent, state-space or convolution layer, an ALiBi
+    bias, or a windowed, chunked or local attention in any spelling, or lists a layer kind other than full
+    attention, and (4) its model type is one whose layers are all full causal attention placed by position ids
+    (:data:`SHARED_PROMPT_MODEL_TYPES`, each verified by the model-family matrix test). Anything else, unrecognised
+    included, keeps the plain layout.
+
+    Windows are decided here, from the config alone, not by the probe: the probe's rows are a few tokens long while
+    a real window is thousands, and a window the rows do not reach changes nothing the probe can see (GPT-Neo's
+    local layers mask by column distance, so a rejected token farther than the window from the prompt loses it).
+    A probe long enough to reach such a window would cost a forward of thousands of tokens per model.
+    """
     base = unwrap(model)
     implementation = attention_implementation(model)
     if implementation not in SHARED_PROMPT_ATTENTION:
@@ -529,12 +620,23 @@ def shared_prompt_config_mismatch(model: nn.Module) -> str | None:
         parameters = {}
     if "position_ids" not in parameters:
         return "its forward takes no position_ids"
-    for sub_config in configs_of(getattr(base, "config", None)):
-        if getattr(sub_config, "sliding_window", None) and getattr(sub_config, "use_sliding_window", True):
-            return "its config sets a sliding window"
-        layer_types = set(getattr(sub_config, "layer_types", None) or ())
-        if layer_types - {"full_attention"}:
-            return f"its layers are not all full attention ({', '.join(sorted(layer_types))})"
+    config = getattr(base, "config", None)
+    for sub_config in configs_of(config):
+        recurrent = set_field(sub_config, RECURRENT_WORDS)
+        if recurrent is not None:
+            return f"its config sets {recurrent} (a recurrent, state-space or convolution layer)"
+        column_bias = set_field(sub_config, COLUMN_DISTANCE_WORDS)
+        if column_bias is not None:
+            return f"its config sets {column_bias} (a position bias by column distance)"
+        span = set_field(sub_config, ATTENTION_SPAN_WORDS, NOT_AN_ATTENTION_SPAN)
+        if span is not None:
+            return f"its config sets {span} (windowed, chunked or local attention)"
+        kinds = non_attention_layer_kinds(sub_config)
+        if kinds:
+            return f"its layers are not all full attention ({', '.join(kinds)})"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SHARED_PROMPT_MODEL_TYPES:
+        return f"its model type {model_type!r} is not one the shared layout is verified exact for (docs/models.md)"
     return None
 
 
@@ -582,7 +684,8 @@ _shared_verdicts: weakref.WeakKeyDictionary[nn.Module, tuple[str | None, bool]] 
 def shared_prompt_is_exact(model: nn.Module) -> bool:
     """Whether a shared-prompt forward computes exactly this model's log-probs; decided once per model.
 
-    The config check first, then :func:`probe_shared_prompt_mismatch`; for a model that fails either,
+    The config check (an allow-list, :func:`shared_prompt_config_mismatch`) first, then
+    :func:`probe_shared_prompt_mismatch` (the 4D mask and position ids honoured); for a model that fails either,
     shared-prompt batches are unshared on the device (one prompt + completion a row), said once in the log.
     """
     return cached_verdict(

@@ -161,7 +161,9 @@ class TisdpoConfig(TrainingArguments):
         default=True,
         metadata={
             "help": "Set every dropout of the policy to 0 while training (as TRL does): the policy then matches its "
-            "eval-mode reference at the start. false keeps the model's dropout."
+            "eval-mode reference at the start. false keeps the model's dropout; with --shared_prompt or "
+            "--pack_tokens a pair's prompt is computed once, so both responses see one dropout mask of the prompt "
+            "(the plain layout draws two)."
         },
     )
     precompute_ref_log_probs: bool = field(
@@ -188,7 +190,9 @@ class TisdpoConfig(TrainingArguments):
         metadata={
             "help": "Compute each pair's prompt once: [prompt, chosen, rejected] as one sequence whose attention "
             "mask hides chosen from rejected (exact; off by itself, with a log line, for a model or attention "
-            "implementation that cannot take the mask). false: one padded row per response."
+            "implementation that cannot take the mask, and for every model family not known to be exact: see "
+            "docs/models.md). With dropout kept (--disable_dropout false) both responses share the prompt's "
+            "dropout mask. false: one padded row per response."
         },
     )
     pack_tokens: int | None = field(
