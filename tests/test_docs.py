@@ -1,7 +1,7 @@
 """The documentation's commands and code stay true: every ``tisdpo`` command line in a shell block of the
 README or docs/ names a real subcommand and only flags that its ``--help`` lists; every script it runs
 exists; every Python block compiles, and the README's Python example is the file the suite runs
-(``examples/quickstart.py``, tests/test_examples.py)."""
+(``examples/p_weights_chat_lora.py``, run by tests/test_api.py)."""
 
 from __future__ import annotations
 
@@ -103,5 +103,5 @@ def test_every_python_block_compiles():
 
 def test_the_readme_python_example_is_the_tested_example():
     (readme_example,) = blocks(ROOT / "README.md", ("python",))
-    example = (ROOT / "examples" / "quickstart.py").read_text(encoding="utf-8")
-    assert readme_example.strip() in example, "README's Python block must be examples/quickstart.py's body"
+    example = (ROOT / "examples" / "p_weights_chat_lora.py").read_text(encoding="utf-8")
+    assert readme_example.strip() in example, "README's Python block must be examples/p_weights_chat_lora.py's body"
