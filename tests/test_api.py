@@ -17,6 +17,7 @@ from conftest import cli_args, evaluate, prompt_weights_args, read_jsonl, run_cl
 from safetensors.torch import load_file
 
 import tisdpo
+import tisdpo.api
 from tisdpo import (
     TISDPOConfig,
     TISDPOTrainer,
@@ -63,6 +64,9 @@ def cli_weights_file(tiny_model_dir, weights_data, tmp_path_factory) -> str:
 def test_the_package_exports_the_api():
     assert {"TISDPOTrainer", "TISDPOConfig", "estimate_weights", "load_weights", "save_weights"} <= set(tisdpo.__all__)
     assert isinstance(tisdpo.__version__, str)
+    # The package's lazy names are exactly the API module's, and each resolves to the API's object.
+    assert set(tisdpo.__all__) - {"__version__"} == set(tisdpo.api.__all__)
+    assert all(getattr(tisdpo, name) is getattr(tisdpo.api, name) for name in tisdpo.api.__all__)
 
 
 def test_the_command_line_starts_without_loading_the_api():
