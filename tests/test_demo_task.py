@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,10 +16,12 @@ from tisdpo.demo.task import (
     generate_pairs,
     generate_prompts,
     is_context_dependent,
+    is_label_tie,
     oracle_reward,
     oracle_scorer,
     prompt_kind,
     token_auc,
+    untied_pairs,
     word_categories,
     word_rewards,
 )
@@ -318,3 +321,24 @@ def test_token_auc_matches_brute_force() -> None:
     pos, neg = scores[labels == 1], scores[labels == 0]
     brute = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
     assert token_auc(scores, labels) == pytest.approx(float(brute))
+
+
+def test_exact_ties_are_the_pairs_of_equal_true_reward() -> None:
+    tie = {"chosen_true_rewards": [1.0, -1.0, 0.0], "rejected_true_rewards": [0.0, 0.0]}
+    assert is_label_tie(tie)
+    assert not is_label_tie({"chosen_true_rewards": [1.0], "rejected_true_rewards": [1.0, 1.0]})
+
+
+def test_untied_pairs_drop_the_ties_and_keep_the_draws_order() -> None:
+    config = TaskConfig(n_pairs=300, seed=5, label_temperature=0.01)
+    drawn = generate_pairs(config)
+    kept, tie_share = untied_pairs(config)
+    assert len(kept) == 300 and not any(is_label_tie(r) for r in kept)
+    # The kept pairs are the draw's untied pairs, in order; the share counts the ties among the pairs used.
+    untied_of_draw = [r for r in drawn if not is_label_tie(r)]
+    assert kept[: len(untied_of_draw)] == untied_of_draw
+    ties = [is_label_tie(r) for r in generate_pairs(replace(config, n_pairs=1000))]
+    used = ties[: [i for i, tie in enumerate(ties) if not tie][299] + 1]
+    assert sum(used) > 0 and tie_share == sum(used) / len(used)
+    # Without ties, near-zero temperature labels every pair by its true reward: no flipped label.
+    assert not any(r["label_flipped"] for r in kept)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
@@ -461,6 +461,26 @@ def generate_pairs(config: TaskConfig) -> list[dict]:
             }
         )
     return records
+
+
+def is_label_tie(record: dict) -> bool:
+    """The pair's responses have exactly the same true reward: its label was a coin flip at any temperature."""
+    return sum(record["chosen_true_rewards"]) == sum(record["rejected_true_rewards"])
+
+
+def untied_pairs(config: TaskConfig) -> tuple[list[dict], float]:
+    """The first ``config.n_pairs`` pairs of the draw that are not exact ties (see :func:`is_label_tie`),
+    and the share of ties among the pairs drawn to get them."""
+    drawn = config.n_pairs
+    while True:
+        drawn = 2 * drawn + 16
+        rows = generate_pairs(replace(config, n_pairs=drawn))
+        ties = [is_label_tie(r) for r in rows]
+        kept = [r for r, tie in zip(rows, ties) if not tie]
+        if len(kept) >= config.n_pairs:
+            untied_positions = [i for i, tie in enumerate(ties) if not tie]
+            used = ties[: untied_positions[config.n_pairs - 1] + 1] if config.n_pairs else []
+            return kept[: config.n_pairs], (sum(used) / len(used) if used else 0.0)
 
 
 def corpus_texts(config: TaskConfig) -> list[str]:
