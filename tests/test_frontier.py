@@ -14,6 +14,7 @@ from tisdpo.report.frontier import (
     interval,
     kl_levels,
     mean_curve,
+    union_kl_levels,
     verdict,
 )
 
@@ -70,3 +71,19 @@ def test_mean_curve_averages_seed_frontiers():
     mean, lo, hi = mean_curve(runs, {0: 0.0, 1: 0.0}, [0.0, 1.0, 2.0, 3.0])
     assert mean == pytest.approx([0.0, 1.0, 2.0, 2.0])
     assert lo[2] < 2.0 < hi[2]
+
+
+def test_union_kl_levels_span_the_arm_that_reaches_furthest():
+    # DPO stops at KL 10 (median over seeds), the other arm reaches 40: levels are fractions of 40,
+    # and DPO's frontier stays at its best reward beyond its own range.
+    runs = {
+        "dpo": {0: [(2.0, 0.5), (8.0, 1.0)], 1: [(10.0, 1.0)], 2: [(12.0, 1.5)]},
+        "arm": {0: [(40.0, 3.0)], 1: [(20.0, 2.0), (44.0, 3.0)], 2: [(36.0, 2.5)]},
+    }
+    levels = union_kl_levels(runs, [0.25, 0.5, 1.0])
+    assert levels == [10.0, 20.0, 40.0]
+    compared = compare_arms(runs, {0: 0.0, 1: 0.0, 2: 0.0}, levels)
+    assert [level["reward"]["mean"] for level in compared["dpo"]["levels"]][-1] == pytest.approx(7 / 6)
+    assert compared["arm"]["best_reward"]["mean"] == pytest.approx(8.5 / 3)
+    assert compared["arm"]["vs_baseline_best_reward"]["mean"] == pytest.approx(8.5 / 3 - 3.5 / 3)
+    assert union_kl_levels({"dpo": {}}, [0.5]) == [0.0]

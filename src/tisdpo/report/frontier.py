@@ -87,6 +87,15 @@ def kl_levels(baseline_runs: dict[int, Sequence[Point]], fractions: Sequence[flo
     return [round(f * reach, 3) for f in fractions]
 
 
+def union_kl_levels(runs: dict[str, dict[int, Sequence[Point]]], fractions: Sequence[float]) -> list[float]:
+    """Common KL levels over the union of the arms' ranges: ``fractions`` of the largest KL any arm
+    reaches (each arm's reach is its median over seeds of the largest KL it reached)."""
+    reach = max(
+        (float(np.median([max_kl(p) for p in by_seed.values()])) for by_seed in runs.values() if by_seed), default=0.0
+    )
+    return [round(f * reach, 3) for f in fractions]
+
+
 def compare_arms(
     runs: dict[str, dict[int, Sequence[Point]]],
     sft: dict[int, float],
@@ -95,7 +104,8 @@ def compare_arms(
 ) -> dict[str, Any]:
     """For each arm: its frontier reward at every level (mean and interval over seeds), the paired
     difference to ``baseline`` at every level, and ``score``: the paired difference averaged over
-    the levels (one number per seed, then its interval)."""
+    the levels (one number per seed, then its interval), ``best_reward``: the highest reward reached at
+    any KL, and its paired difference to the baseline's."""
     frontiers = {
         arm: {seed: envelope(points, sft[seed]) for seed, points in by_seed.items()} for arm, by_seed in runs.items()
     }
@@ -125,6 +135,8 @@ def compare_arms(
                 [float(np.mean([frontier_at(by_seed[s], level) for level in levels])) for s in seeds]
             ),
             "max_kl": interval([max_kl(runs[arm][s]) for s in seeds]),
+            "best_reward": interval([by_seed[s][-1][1] for s in seeds]),
+            "vs_baseline_best_reward": interval([by_seed[s][-1][1] - base[s][-1][1] for s in paired]),
         }
     return out
 
