@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 
 from tisdpo.cli import main
+from tisdpo.demo.study.plan import StudyPlan
 
 MICRO = """
 sft_pairs: 64
@@ -26,13 +27,11 @@ betas: [0.1, 0.5]
 explore_seeds: [0, 1]
 confirm_seeds: [2, 3]
 regimes:
-  big: {n_pairs: 64, label_temperature: 1.0}
-  small: {n_pairs: 24, label_temperature: 3.5}
+  big: {n_pairs: 32, label_temperature: 1.0}
+  small: {n_pairs: 16, label_temperature: 0.01}
 main_regime: big
 sources: [oracle, D]
-variants: {exp_mu1_response: {weight_normalize: response}}
-oracle_variants: []
-dpo_reach: {betas: [0.02], args: {max_steps: 6, save_steps: 3}}
+variants: {rank_based: {weight_transform: rank_based}}
 """
 
 
@@ -42,45 +41,47 @@ def test_micro_study_writes_its_answers_and_resumes(tmp_path, capsys):
     out = tmp_path / "study"
     assert run_cli("demo", "--study", "--study_config", config, "--output_dir", out) == 0
     printed = capsys.readouterr().out
-    for name in (
-        "study.json",
-        "study.md",
-        "frontier_sources.png",
-        "frontier_transforms.png",
-        "frontier_regimes.png",
-        "frontier_confirm.png",
-    ):
+    images = ["frontier_explore.png", "frontier_explore_per_word.png", "frontier_confirm.png"]
+    for name in ("study.json", "study.md", *images, "frontier_confirm_per_word.png"):
         assert (out / name).stat().st_size > 0, name
     study = json.loads((out / "study.json").read_text())
-    main_arms = study["main"]["arms"]
-    assert set(main_arms) == {"dpo", "dpo_reach", "tisdpo_oracle", "tisdpo_D", "tisdpo_D/exp_mu1_response"}
-    assert len(study["main"]["kl_levels"]) == 3 and study["regimes"]["small"]["n_pairs"] == 24
-    for entry in main_arms.values():
-        assert entry["seeds"] == [0, 1] and len(entry["levels"]) == 3
-    assert study["choices"]["variant"]["arm"] in ("tisdpo_D", "tisdpo_D/exp_mu1_response")
-    assert study["choices"]["regime"]["regime"] in ("big", "small")
-    confirmed = study["confirm"]["big"]["arms"]
-    assert {"dpo", study["choices"]["variant"]["arm"], "tisdpo_oracle"} <= set(confirmed)
-    assert all(entry["seeds"] == [2, 3] for entry in confirmed.values())
+    explore, confirm = study["explore"], study["confirm"]
+    assert set(explore["big"]["arms"]) == {"dpo", "tisdpo_oracle", "tisdpo_D", "tisdpo_D/rank_based"}
+    assert set(explore["small"]["arms"]) == {"dpo", "tisdpo_oracle", "tisdpo_D"}
+    choice = study["choices"]["variant"]
+    assert choice["arm"] in ("tisdpo_D", "tisdpo_D/rank_based") and choice["runner_up"] is not None
+    # The rank_based pick is kept only when it beats the runner-up with an interval above 0.
+    assert choice["arm"] == ("tisdpo_D" if choice["tie"] else choice["best"])
+    # Every regime and every arm is confirmed on the fresh seeds, on the reward and the reward per word.
+    for regime in ("big", "small"):
+        entry = confirm[regime]
+        assert set(entry["arms"]) == {"dpo", "tisdpo_oracle", choice["arm"]} == set(entry["per_word"])
+        assert all(arm["seeds"] == [2, 3] and len(arm["levels"]) == 4 for arm in entry["arms"].values())
+        # The levels span the union of the arms' KL ranges: the last is the largest reach of any arm.
+        reach = max(arm["max_kl"]["mean"] for arm in entry["arms"].values())  # 2 seeds: median = mean
+        assert entry["kl_levels"][-1] == pytest.approx(reach, abs=1e-3)
+        assert set(entry["lengths"]) == set(entry["arms"])
+    # Exact ties are dropped and their share reported; the noise-free regime has no flipped label.
+    assert study["regimes"]["small"]["label_ties_dropped"] and 0 <= study["regimes"]["small"]["label_ties"] < 0.5
+    assert study["regimes"]["small"]["flipped_labels"] == 0
     text = (out / "study.md").read_text()
-    for question in ("**(a) Do oracle weights beat DPO", "**(b) Which estimated source", "**(c) In which regime"):
-        assert question in text
-    assert "## Answers" in text
-    # a progress line per unit: 4 arms x 2 betas x 2 seeds, and DPO's reach (1 beta x 2 seeds)
-    assert len(re.findall(r"explore_main \d+/18: ", printed)) == 18
-    assert study["dpo_reach"]["arms"]["dpo_reach"]["seeds"] == [0, 1]
-    assert set(study["regimes_explore"]["small"]["arms"]) == {
-        "dpo",
-        "tisdpo_oracle",
-        study["choices"]["variant"]["arm"],
-    }
+    for heading in (
+        "**(a) Do oracle weights beat DPO",
+        "**(c) In which regime",
+        "**Length.**",
+        "score (reward per word)",
+    ):
+        assert heading in text
+    # a progress line per unit: 3 arms x 2 regimes + rank_based in the main regime, x 2 betas x 2 seeds
+    assert len(re.findall(r"explore \d+/28: ", printed)) == 28
+    assert "study plan: " in printed and " units (" in printed
     # A units' folder per arm x beta x seed; the models of the grid are not kept.
-    units = [d for d, _, files in os.walk(out / "explore_main") if "result.json" in files]
-    assert len(units) == 4 * 2 * 2 + 2 and not any(os.path.isdir(os.path.join(u, "model")) for u in units)
+    units = [d for d, _, files in os.walk(out / "explore") if "result.json" in files]
+    assert len(units) == 28 and not any(os.path.isdir(os.path.join(u, "model")) for u in units)
 
     # Nothing runs again; an interrupted grid stage redoes only its unfinished units.
     assert run_cli("demo", "--study", "--study_config", config, "--output_dir", out) == 0
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 9
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 8
     shutil.rmtree(out / "report")
     # As a kill leaves it: the stage's folder under its .partial name, its fingerprint file, no stage.json.
     partial = out / ".confirm.partial"
@@ -91,9 +92,11 @@ def test_micro_study_writes_its_answers_and_resumes(tmp_path, capsys):
     shutil.rmtree(lost)
     assert run_cli("demo", "--study", "--study_config", config, "--output_dir", out) == 0
     resumed = capsys.readouterr().out
-    total = len(confirmed) * 2 * 2
+    total = 3 * 2 * 2 * 2
     assert f"{total - 1} of {total} units finished earlier" in resumed and "confirm 1/1: " in resumed
-    assert json.loads((out / "study.json").read_text())["confirm"]["big"]["arms"].keys() == confirmed.keys()
+    assert (
+        json.loads((out / "study.json").read_text())["confirm"]["big"]["arms"].keys() == confirm["big"]["arms"].keys()
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +107,9 @@ def test_micro_study_writes_its_answers_and_resumes(tmp_path, capsys):
         ("sources: [oracle, S]\n", "sources must include D"),
         ("sources: [D, Q]\n", "unknown weight source 'Q'"),
         ("main_regime: huge\n", "'huge' is not one of the regimes"),
-        ("explore_seeds: [0]\n", "at least 2 seeds"),
-        ("variants: {fast: {weight_mu: quick}}\noracle_variants: []\n", "variants.fast"),
+        ("confirm_seeds: [7]\n", "at least 2 seeds"),
+        ("estimate: {seconds_per_stp: 1}\n", "unknown estimate key"),
+        ("variants: {fast: {weight_mu: quick}}\n", "variants.fast"),
     ],
 )
 def test_bad_study_settings_are_one_line(tmp_path, capsys, override, message):
@@ -120,5 +124,27 @@ def test_bad_study_settings_are_one_line(tmp_path, capsys, override, message):
 def test_study_dry_run_lists_its_stages(tmp_path, capsys):
     assert main(["demo", "--study", "--output_dir", str(tmp_path / "o"), "--dry_run"]) == 0
     plan = capsys.readouterr().out
-    for stage in ("task", "sft", "models", "weights", "explore_main", "explore_regimes", "confirm", "report"):
+    for stage in ("task", "sft", "models", "weights", "explore", "confirm", "report"):
         assert stage in plan
+    assert re.search(r"study plan: \d+ units \(.*\); estimated \d+ min with 2 worker", plan)
+
+
+def test_quick_study_is_a_smaller_plan_of_the_same_stages(tmp_path, capsys):
+    full, quick = StudyPlan.load(), StudyPlan.load(quick=True)
+    assert len(quick.explore_seeds) == 1 and len(quick.confirm_seeds) >= 2
+    assert sum(quick.unit_counts().values()) < sum(full.unit_counts().values()) / 4
+    assert len(full.confirm_seeds) >= 5 and set(full.explore_seeds).isdisjoint(full.confirm_seeds)
+    assert main(["demo", "--study", "--quick", "--output_dir", str(tmp_path / "o"), "--dry_run"]) == 0
+    assert f"study plan: {sum(quick.unit_counts().values())} units" in capsys.readouterr().out
+
+
+def test_every_arm_gets_the_same_budget_and_is_confirmed_in_every_regime():
+    plan = StudyPlan.load()
+    confirmed = plan.confirm_arms("rank_based")
+    assert [arm.name for arm in confirmed] == [
+        "dpo",
+        *(f"tisdpo_{s}" if s != "D" else "tisdpo_D/rank_based" for s in plan.sources),
+    ]
+    assert min(plan.betas) <= 0.01 and plan.unit_counts()["confirm"] == (
+        len(plan.betas) * len(plan.confirm_seeds) * len(plan.regimes) * len(confirmed)
+    )

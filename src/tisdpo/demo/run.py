@@ -79,7 +79,7 @@ def run(argv: list[str]) -> None:
     if args.study:
         from tisdpo.demo.study.run import run_study
 
-        run_study(args.output_dir, args.study_config, args.workers, args.dry_run)
+        run_study(args.output_dir, args.study_config, args.workers, args.dry_run, args.quick)
         return
     pipeline = build_pipeline(demo_recipe(args.quick, args.output_dir))
     folders = run_pipeline(pipeline, args.dry_run)

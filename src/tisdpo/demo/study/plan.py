@@ -1,8 +1,9 @@
 """What the study runs: its settings (``study.yaml``, or a user's file over it) and the arms it compares.
 
 An *arm* is one way to train: DPO, or TIS-DPO with one weight source (oracle, oracle_sign, D, S, P,
-random) and one transform variant. Each arm is trained at every beta of the sweep and every seed of
-a phase, in one or more *regimes* (training-set size and label noise).
+random) and one transform variant. Every arm is trained with the same budget (``policy_args``) at
+every beta of the sweep, for every seed of a phase, in every *regime* (training-set size and label
+noise). Each seed draws its own task data and trains its own contrastive models.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tisdpo.errors import UserError, did_you_mean
 ESTIMATED_SOURCES: tuple[str, ...] = ("D", "S", "P")
 SOURCES: tuple[str, ...] = (*ORACLE_SOURCES, *ESTIMATED_SOURCES, "random")
 DEFAULT_VARIANT = "default"
+ESTIMATE_KEYS: tuple[str, ...] = ("seconds_per_unit", "seconds_per_step", "seconds_per_evaluation")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,6 @@ class Arm:
 
 
 DPO = Arm()
-DPO_REACH = Arm(None, "reach")  # DPO at smaller betas, trained longer: how far can DPO go?
 
 
 @dataclass
@@ -75,15 +76,19 @@ class StudyPlan:
     sources: list[str]
     weights: dict[str, Any]
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    oracle_variants: list[str] = field(default_factory=list)
-    dpo_reach: dict[str, Any] = field(default_factory=dict)
+    drop_label_ties: bool = True
+    estimate: dict[str, float] = field(default_factory=dict)
     workers: int = 2
 
     @classmethod
-    def load(cls, override_path: str | None = None) -> StudyPlan:
-        """The packaged plan, with the keys of ``override_path`` (a YAML mapping) replacing its own."""
+    def load(cls, override_path: str | None = None, quick: bool = False) -> StudyPlan:
+        """The packaged plan (with its ``quick`` overrides when ``quick``), with the keys of
+        ``override_path`` (a YAML mapping) replacing its own."""
         source = str(resources.files("tisdpo.demo.study").joinpath("study.yaml"))
         values = load_yaml_config(source)
+        quick_overrides = values.pop("quick", {})
+        if quick:
+            values.update(quick_overrides)
         if override_path:
             source = override_path
             values.update(load_yaml_config(override_path))
@@ -115,14 +120,12 @@ class StudyPlan:
                 fail(f"unknown weight source '{value}'{did_you_mean(value, SOURCES)}", "sources")
         if "D" not in self.sources:
             fail("the study compares D weights across regimes: sources must include D", "sources")
-        for name in self.oracle_variants:
-            if name not in self.variants:
-                fail(f"'{name}' is not one of the variants", "oracle_variants")
         if len(self.betas) < 1 or any(b <= 0 for b in self.betas):
             fail(f"betas must be positive numbers, got {self.betas}", "betas")
-        for key in ("explore_seeds", "confirm_seeds"):
-            if len(getattr(self, key)) < 2:
-                fail("at least 2 seeds are needed for an interval", key)
+        if not self.explore_seeds:
+            fail("at least 1 explore seed is needed", "explore_seeds")
+        if len(self.confirm_seeds) < 2:
+            fail("at least 2 seeds are needed for an interval", "confirm_seeds")
         if set(self.explore_seeds) & set(self.confirm_seeds):
             fail("confirmation seeds must be fresh (none of the explore_seeds)", "confirm_seeds")
         if not self.kl_fractions or any(not 0 < f <= 1 for f in self.kl_fractions):
@@ -136,11 +139,9 @@ class StudyPlan:
             check_values(flags, [WeightsArguments], source, f"variants.{name}")
         for key in ("train_defaults", "sft_args", "contrastive_args", "policy_args"):
             check_values(getattr(self, key), [TisdpoConfig], source, key)
-        if self.dpo_reach:
-            unknown = set(self.dpo_reach) - {"betas", "args"}
-            if unknown or not self.dpo_reach.get("betas"):
-                fail("expected {betas: [...], args: {...}} (DPO's extra runs)", "dpo_reach")
-            check_values(self.dpo_reach.get("args") or {}, [TisdpoConfig], source, "dpo_reach.args")
+        unknown = set(self.estimate) - set(ESTIMATE_KEYS)
+        if unknown:
+            fail(f"unknown estimate key(s) {sorted(unknown)}; expected {', '.join(ESTIMATE_KEYS)}", "estimate")
 
     def settings(self, *keys: str) -> dict[str, Any]:
         """The named fields (a stage's fingerprint holds only the settings it uses)."""
@@ -152,19 +153,52 @@ class StudyPlan:
         return {**self.weights, **(self.variants.get(variant, {}) if variant != DEFAULT_VARIANT else {})}
 
     def main_arms(self) -> list[Arm]:
-        """DPO and every source with the default transform, in the main regime."""
+        """DPO and every source with the default transform (explored in every regime)."""
         return [DPO, *(Arm(source) for source in self.sources)]
 
-    def regime_arms(self, chosen_d: Arm) -> list[Arm]:
-        """DPO, D with the chosen transform and (the ceiling) the oracle, in every other regime."""
-        return [DPO, chosen_d, *([Arm("oracle")] if "oracle" in self.sources else [])]
-
     def variant_arms(self) -> list[Arm]:
-        """D under every variant, and the oracle under ``oracle_variants``."""
-        arms = [Arm("D", name) for name in self.variants]
-        if "oracle" in self.sources:
-            arms += [Arm("oracle", name) for name in self.oracle_variants]
-        return arms
+        """D under every variant (explored in the main regime only)."""
+        return [Arm("D", name) for name in self.variants]
 
-    def other_regimes(self) -> list[str]:
-        return [name for name in self.regimes if name != self.main_regime]
+    def confirm_arms(self, chosen_variant: str) -> list[Arm]:
+        """DPO and every source, D with the chosen transform (confirmed in every regime)."""
+        return [DPO, *(Arm(source, chosen_variant if source == "D" else DEFAULT_VARIANT) for source in self.sources)]
+
+    def contrast_methods(self) -> list[str]:
+        """The sources that need contrastive models (trained per seed and regime)."""
+        return [source for source in ("S", "D") if source in self.sources]
+
+    def train_seeds(self) -> list[int]:
+        return [*self.explore_seeds, *self.confirm_seeds]
+
+    def unit_counts(self) -> dict[str, int]:
+        """How many units each stage runs (training runs, weight scorings, evaluations)."""
+        per_seed_regime = 2 * len(self.contrast_methods()) + ("P" in self.sources)
+        n_regimes, n_betas = len(self.regimes), len(self.betas)
+        return {
+            "models": len(self.train_seeds()) * (n_regimes * per_seed_regime + 1),
+            "weights": len(self.train_seeds()) * n_regimes * len(self.contrast_methods()),
+            "explore": n_betas * len(self.explore_seeds) * (n_regimes * len(self.main_arms()) + len(self.variants)),
+            "confirm": n_betas * len(self.confirm_seeds) * n_regimes * len(self.main_arms()),
+        }
+
+    def estimated_minutes(self) -> float:
+        """The run's estimated wall time from ``estimate`` (seconds per unit, per training step and per
+        evaluation, measured on this model size), with ``workers`` units side by side."""
+        per_unit = self.estimate.get("seconds_per_unit", 0.0)
+        per_step = self.estimate.get("seconds_per_step", 0.0)
+        per_evaluation = self.estimate.get("seconds_per_evaluation", 0.0)
+        policy_steps = self.policy_args.get("max_steps", 0)
+        evaluations = policy_steps // max(1, self.policy_args.get("save_steps") or policy_steps or 1)
+        counts = self.unit_counts()
+        n_contrast = len(self.train_seeds()) * len(self.regimes) * 2 * len(self.contrast_methods())
+        n_sft_steps = 2 * self.sft_pairs * self.sft_args.get("num_train_epochs", 1)
+        n_sft_steps //= self.train_defaults.get("per_device_train_batch_size", 8)
+        n_grid = counts["explore"] + counts["confirm"]
+        unit_seconds = (
+            (counts["models"] + counts["weights"] + n_grid) * per_unit
+            + n_contrast * self.contrastive_args.get("max_steps", 0) * per_step
+            + len(self.train_seeds()) * per_evaluation
+            + n_grid * (policy_steps * per_step + evaluations * per_evaluation)
+        )
+        return (n_sft_steps * per_step + unit_seconds / max(1, self.workers)) / 60

@@ -88,6 +88,7 @@ def evaluation_point(label: str, step: int | None, path: str) -> dict[str, Any]:
         "step": step,
         "kl": metrics["gen/kl"],
         "reward": metrics["gen/reward_mean"],
+        "reward_per_word": metrics.get("gen/reward_per_token_mean"),
         "win_rate": metrics.get("gen/win_rate"),
         "length": metrics.get("gen/length_mean"),
         "eos_rate": metrics.get("gen/eos_rate"),
