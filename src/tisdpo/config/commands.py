@@ -76,7 +76,13 @@ class PipelineArguments:
 
 @dataclass
 class DemoArguments:
-    quick: bool = field(default=False, metadata={"help": "The smaller demo (the recipe's quick_overrides)."})
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "The smaller demo (the recipe's quick_overrides); with --study, the study's smoke-test "
+            "variant (its plan's quick overrides: one explore seed, two confirmation seeds, about 5 min)."
+        },
+    )
     output_dir: str = field(default="demo_out", metadata={"help": "Where the stages and the report go."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan; run nothing."})
     real: bool = field(
@@ -89,9 +95,10 @@ class DemoArguments:
     study: bool = field(
         default=False,
         metadata={
-            "help": "The evidence study instead: oracle/D/S/P/random weights, transforms, regimes, beta sweeps "
-            "over seeds, confirmed on fresh seeds (about an hour on 2 CPU cores; resumable). Writes study.json, "
-            "study.md and frontier plots."
+            "help": "The evidence study instead: DPO and TIS-DPO with oracle/D/P weights, one training budget, "
+            "four regimes, beta sweeps over seeds with a task draw per seed, every arm confirmed on fresh seeds "
+            "(about an hour on 2 CPU cores, estimate printed first; resumable). Writes study.json, study.md and "
+            "frontier plots."
         },
     )
     study_config: str | None = field(
