@@ -230,21 +230,6 @@ def adapter_base(path: str) -> str | None:
         return json.load(handle).get("base_model_name_or_path")
 
 
-def wrap_with_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: str) -> Any:
-    """A trainable LoRA adapter on ``model`` (peft); the base weights stay frozen."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise UserError("--use_peft needs the peft package: pip install 'tisdpo[peft]'") from None
-    targets: str | list[str] = (
-        target_modules
-        if target_modules == "all-linear"
-        else [m.strip() for m in target_modules.split(",") if m.strip()]
-    )
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
 def weights_materialized(model: Any) -> bool:
     """False when this process does not hold the model's full weights: FSDP's CPU-RAM-efficient loading
     (weights on rank 0 only, the meta device elsewhere until the Trainer broadcasts them) or ZeRO-3's
