@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate, read_jsonl, write_jsonl
+from conftest import evaluate, evaluate_args, read_jsonl, run_ok, write_jsonl
 from conftest import run_cli as run
 from torch import nn
 from transformers import (
@@ -571,3 +571,22 @@ def test_cli_generate_errors_are_clear(world, tmp_path, capsys):
     assert run(*base, "--ref_model_name_or_path", world["ref"], "--top_p", "0") == 1
     assert "--top_p must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "o" / "eval_results.json").exists()
+
+
+def test_cli_generate_without_the_baseline_samples_only_the_policy(world, tmp_path):
+    """--sample_baseline false: the same policy samples, rewards and KL as with the baseline, no baseline keys."""
+    data = write_jsonl(tmp_path / "heldout.jsonl", HELDOUT)
+    results = {}
+    for flag in ("true", "false"):
+        out = tmp_path / flag
+        common = ["--scorer", "test_generation_eval:count_scorer", *SAMPLING, "--seed", "3", "--max_prompts", "6"]
+        run_ok(
+            *evaluate_args(world["policy"], world["ref"], data, out, "--generate", *common, "--sample_baseline", flag)
+        )
+        results[flag] = (json.loads((out / "eval_results.json").read_text()), read_jsonl(out / "generations.jsonl"))
+    (with_baseline, records), (alone, alone_records) = results["true"], results["false"]
+    assert [r["response"] for r in alone_records] == [r["response"] for r in records]
+    for key in ("gen/reward_mean", "gen/kl", "gen/length_mean", "gen/eos_rate", "gen/reward_per_token_mean"):
+        assert alone[key] == with_baseline[key], key
+    assert not [key for key in alone if "baseline" in key or "win_rate" in key]
+    assert all("baseline_response" not in r and "win" not in r for r in alone_records)

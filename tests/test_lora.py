@@ -20,6 +20,7 @@ from conftest import (
     log_history,
     read_jsonl,
     toy_pairs,
+    train_argv,
     write_jsonl,
 )
 from conftest import run_ok as run
@@ -330,3 +331,33 @@ def test_attn_implementation_flag_reaches_the_model_and_changes_no_result(
     eager, sdpa = (load_file(tmp_path / name / "model.safetensors") for name in ("eager", "sdpa"))
     for name in eager:
         torch.testing.assert_close(sdpa[name], eager[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_layers_put_the_adapter_on_those_layers_only(tiny_model_dir, toy_data_files, tmp_path):
+    from tisdpo.api import lora_config
+    from tisdpo.errors import UserError
+
+    train, _ = toy_data_files
+    out = tmp_path / "top"
+    run(
+        *train_argv(
+            tiny_model_dir,
+            train,
+            out,
+            "--use_peft",
+            "true",
+            "--lora_target_modules",
+            "q_proj,v_proj",
+            "--lora_layers",
+            "1",
+            "--max_steps",
+            "1",
+        )
+    )
+    adapted = {name.split(".layers.")[1].split(".")[0] for name in load_file(str(out / "adapter_model.safetensors"))}
+    assert adapted == {"1"}
+    assert lora_config(target_modules="q_proj", layers="0-2,5").layers_to_transform == [0, 1, 2, 5]
+    with pytest.raises(UserError, match="module names"):
+        lora_config(layers="1")
+    with pytest.raises(UserError, match="layer indices"):
+        lora_config(target_modules="q_proj", layers="3-1")

@@ -85,9 +85,17 @@ def is_peft_model(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
-def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear") -> Any:
+def lora_config(
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: str = "all-linear",
+    layers: str | None = None,
+) -> Any:
     """A ``peft.LoraConfig`` for a causal LM (``target_modules``: comma-separated names, or all-linear): the
-    adapter ``tisdpo train --use_peft true`` trains."""
+    adapter ``tisdpo train --use_peft true`` trains. ``layers`` (e.g. ``"24-29"`` or ``"0,2,4"``) puts the
+    adapter on those decoder layers only: backward then stops at the lowest of them, so a top-layers adapter
+    trains faster (peft needs module names for this, not all-linear)."""
     try:
         from peft import LoraConfig  # optional dependency: only LoRA training needs it
     except ImportError:
@@ -97,7 +105,38 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modu
         if target_modules == "all-linear"
         else [m.strip() for m in target_modules.split(",") if m.strip()]
     )
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    layer_indices = parse_layers(layers) if layers else None
+    if layer_indices is not None and isinstance(targets, str):
+        raise UserError(
+            "--lora_layers needs module names in --lora_target_modules (e.g. "
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj), not all-linear",
+            field="lora_layers",
+        )
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        layers_to_transform=layer_indices,
+        task_type="CAUSAL_LM",
+    )
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"24-29"`` / ``"0,2,4"`` / ``"0-3,8"`` -> the layer indices, ascending."""
+    indices: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        try:
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise UserError(
+                f"expected layer indices like '24-29' or '0,2,4', got '{spec}'", field="lora_layers"
+            ) from None
+        if first < 0 or last < first:
+            raise UserError(f"expected layer indices like '24-29' or '0,2,4', got '{spec}'", field="lora_layers")
+        indices.update(range(first, last + 1))
+    return sorted(indices)
 
 
 class TISDPOTrainer(PreferenceTrainer):

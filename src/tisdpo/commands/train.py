@@ -76,7 +76,11 @@ def run(argv: list[str]) -> dict[str, float]:
     peft_config = None
     if model_args.use_peft:
         peft_config = lora_config(
-            model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+            model_args.lora_layers,
         )
     trainer = TISDPOTrainer(
         policy,

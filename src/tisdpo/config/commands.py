@@ -101,12 +101,25 @@ class DemoArguments:
             "frontier plots."
         },
     )
+    real_study: bool = field(
+        default=False,
+        metadata={
+            "help": "The real-model study instead: SmolLM2-135M-Instruct learns to write critical reviews, VADER's "
+            "compound score is the gold reward and its word valences the token oracle; DPO and TIS-DPO with "
+            "oracle/D/P/random weights, 2 betas x 3 seeds, frontiers at equal KL (needs: pip install "
+            "vaderSentiment; resumable; --quick: one seed and beta). Writes study.json, study.md, frontier.png "
+            "and samples.jsonl."
+        },
+    )
     study_config: str | None = field(
         default=None,
-        metadata={"help": "--study: a YAML file whose keys replace the packaged study plan's (e.g. fewer betas)."},
+        metadata={
+            "help": "--study / --real-study: a YAML file whose keys replace the packaged plan's (e.g. fewer betas)."
+        },
     )
     workers: int | None = field(
-        default=None, metadata={"help": "--study: runs trained side by side (default: the plan's, 2)."}
+        default=None,
+        metadata={"help": "--study / --real-study: runs trained side by side (default: the plan's, 2)."},
     )
 
 

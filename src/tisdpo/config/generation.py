@@ -28,6 +28,13 @@ class GenerationArguments:
         default=None,
         metadata={"help": "Model whose samples the policy's are compared with (default: the reference model)."},
     )
+    sample_baseline: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample the baseline too (win rate, baseline reward); false halves the sampling when only "
+            "the policy's reward, KL and length are needed (e.g. at every checkpoint of a sweep)."
+        },
+    )
     num_samples: int = field(default=1, metadata={"help": "Responses sampled per prompt from each model."})
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per response (EOS stops)."})
     temperature: float = field(

@@ -65,6 +65,13 @@ class ModelArguments:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."}
     )
+    lora_layers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Only these decoder layers get the adapter, e.g. 24-29 or 0,2,4 (default: every layer); "
+            "needs module names in --lora_target_modules. Backward stops at the lowest adapted layer."
+        },
+    )
 
     def __post_init__(self) -> None:
         # A GGUF model is named by its file's path from here on (loading, fingerprints, provenance).

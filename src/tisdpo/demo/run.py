@@ -2,6 +2,9 @@
 
 ``tisdpo demo --study --output_dir OUT``: the evidence study on the same task (:mod:`tisdpo.demo.study`).
 
+``tisdpo demo --real-study --output_dir OUT``: TIS-DPO against DPO on a real model with a known reward
+(:mod:`tisdpo.demo.sentiment`).
+
 ``tisdpo demo --real``: the tour on a real pretrained model and real HH dialogues (:mod:`tisdpo.demo.real_tour`).
 """
 
@@ -71,6 +74,11 @@ def run(argv: list[str]) -> None:
         run_real([arg for arg in argv if arg != "--real" and not arg.startswith("--real=")])
         return
     args = parse_argv(argv)
+    if args.real_study:
+        from tisdpo.demo.sentiment.study import run_real_study
+
+        run_real_study(args.output_dir, args.study_config, args.workers, args.dry_run, args.quick)
+        return
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
 

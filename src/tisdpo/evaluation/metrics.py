@@ -28,6 +28,9 @@ per scorer key), ``kl``, ``length`` / ``baseline_length`` and ``finished`` / ``b
 * ``gen/rouge1``, ``gen/rouge2``, ``gen/rougeL`` (and ``gen/baseline_rouge*``): mean F1 over the
   responses of prompts with references; ``gen/rouge_num_prompts`` counts those prompts.
 * ``gen/num_prompts``, ``gen/num_samples`` (per prompt), ``gen/num_responses``.
+
+Records without ``baseline_*`` fields (``--sample_baseline false``) give the policy's keys only: no
+``gen/baseline_*`` key and no win rate.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def add_win_values(records: list[dict[str, Any]]) -> str | None:
         if primary is None:
             continue
         record["reward"] = record["scores"][primary]
+        if "baseline_scores" not in record:
+            continue
         record["baseline_reward"] = record["baseline_scores"][primary]
         record["win"] = win_value(record["reward"], record["baseline_reward"])
     return primary
@@ -116,7 +121,9 @@ def summarize(
         return metrics
     kl_mean, kl_std, kl_stderr = spread([r["kl"] for r in records])
     metrics.update({"gen/kl": kl_mean, "gen/kl_std": kl_std, "gen/kl_stderr": kl_stderr})
-    for side, prefix in (("", ""), ("baseline_", "baseline_")):
+    has_baseline = "baseline_length" in records[0]
+    sides = (("", ""), ("baseline_", "baseline_")) if has_baseline else (("", ""),)
+    for side, prefix in sides:
         lengths = [r[f"{side}length"] for r in records]
         metrics[f"gen/{prefix}length_mean"], metrics[f"gen/{prefix}length_std"], _ = spread(lengths)
         metrics[f"gen/{prefix}eos_rate"] = float(np.mean([r[f"{side}finished"] for r in records]))
@@ -128,12 +135,17 @@ def summarize(
             continue
         name = "reward" if key == primary else key
         policy = [float(r["scores"][key]) for r in records]
-        baseline = [float(r["baseline_scores"][key]) for r in records]
-        for prefix, values in (("", policy), ("baseline_", baseline)):
+        baseline = [float(r["baseline_scores"][key]) for r in records] if has_baseline else []
+        for prefix, values in (("", policy), ("baseline_", baseline))[: len(sides)]:
             mean, std, stderr = spread(values)
             metrics[f"gen/{prefix}{name}_mean"] = mean
             metrics[f"gen/{prefix}{name}_std"] = std
             metrics[f"gen/{prefix}{name}_stderr"] = stderr
+        if not has_baseline:
+            if key == primary:
+                per_token = [v / max(r["length"], 1) for v, r in zip(policy, records)]
+                metrics["gen/reward_per_token_mean"] = float(np.mean(per_token))
+            continue
         wins = [win_value(p, b) for p, b in zip(policy, baseline)]
         win_name = "win_rate" if key == primary else f"{key}_win_rate"
         low, high = bootstrap_interval(per_prompt_means(records, wins), bootstrap_samples, seed)
@@ -148,12 +160,16 @@ def summarize(
 
     if "safe" in keys:
         metrics["gen/safe_rate"] = float(np.mean([r["scores"]["safe"] for r in records]))
-        metrics["gen/baseline_safe_rate"] = float(np.mean([r["baseline_scores"]["safe"] for r in records]))
+        if has_baseline:
+            metrics["gen/baseline_safe_rate"] = float(np.mean([r["baseline_scores"]["safe"] for r in records]))
     if ROUGE_KEYS[0] in keys:
         with_references = [r for r in records if r["scores"][ROUGE_KEYS[0]] is not None]
         if with_references:
             metrics["gen/rouge_num_prompts"] = len({r["prompt_index"] for r in with_references})
             for key in ROUGE_KEYS:
                 metrics[f"gen/{key}"] = float(np.mean([r["scores"][key] for r in with_references]))
-                metrics[f"gen/baseline_{key}"] = float(np.mean([r["baseline_scores"][key] for r in with_references]))
+                if has_baseline:
+                    metrics[f"gen/baseline_{key}"] = float(
+                        np.mean([r["baseline_scores"][key] for r in with_references])
+                    )
     return metrics

@@ -330,8 +330,9 @@ def generate_shard(
         ref_logps = sequence_logps(
             slot.get(ref_name), repeated_prompts, policy_ids, pad, desc="log-probs (reference)", **scoring
         )
-    baseline_ids = sample(baseline_name, baseline_tokenizer, [baseline_prompt_ids[i] for i in shard], "baseline")
-    baseline_eos = eos_token_ids(baseline_tokenizer.tokenizer, slot.model)
+    if gen_args.sample_baseline:
+        baseline_ids = sample(baseline_name, baseline_tokenizer, [baseline_prompt_ids[i] for i in shard], "baseline")
+        baseline_eos = eos_token_ids(baseline_tokenizer.tokenizer, slot.model)
     slot.free()
 
     def decode(tok: Any, ids: list[int]) -> str:
@@ -341,7 +342,6 @@ def generate_shard(
     for n, (i, sample_index) in enumerate((i, s) for i in shard for s in range(k)):
         item = items[i]
         finished = bool(policy_ids[n]) and policy_ids[n][-1] in policy_eos
-        baseline_finished = bool(baseline_ids[n]) and baseline_ids[n][-1] in baseline_eos
         record: dict[str, Any] = {
             "prompt_index": i,
             "source_index": item.source_index,
@@ -355,18 +355,24 @@ def generate_shard(
         record.update(
             {
                 "response": decode(tokenizer, policy_ids[n]),
-                "baseline_response": decode(baseline_tokenizer.tokenizer, baseline_ids[n]),
                 "scores": {},
-                "baseline_scores": {},
                 "kl": policy_logps[n] - ref_logps[n],
                 "policy_logp": policy_logps[n],
                 "ref_logp": ref_logps[n],
                 "length": len(policy_ids[n]) - int(finished),
-                "baseline_length": len(baseline_ids[n]) - int(baseline_finished),
                 "finished": finished,
-                "baseline_finished": baseline_finished,
             }
         )
+        if gen_args.sample_baseline:
+            baseline_finished = bool(baseline_ids[n]) and baseline_ids[n][-1] in baseline_eos
+            record.update(
+                {
+                    "baseline_response": decode(baseline_tokenizer.tokenizer, baseline_ids[n]),
+                    "baseline_scores": {},
+                    "baseline_length": len(baseline_ids[n]) - int(baseline_finished),
+                    "baseline_finished": baseline_finished,
+                }
+            )
         records.append(record)
 
     prompts = [
@@ -376,14 +382,16 @@ def generate_shard(
     ]
     for factory in factories:
         scorer = factory()
+        baseline_responses = [r["baseline_response"] for r in records] if gen_args.sample_baseline else []
         try:
             both = scorer.score(
-                prompts + prompts, [r["response"] for r in records] + [r["baseline_response"] for r in records]
+                prompts + prompts[: len(baseline_responses)], [r["response"] for r in records] + baseline_responses
             )
         finally:
             scorer.close()
         for key, values in both.items():
             for n, record in enumerate(records):
                 record["scores"][key] = values[n]
-                record["baseline_scores"][key] = values[len(records) + n]
+                if gen_args.sample_baseline:
+                    record["baseline_scores"][key] = values[len(records) + n]
     return records

@@ -23,6 +23,27 @@ DEFAULT_VARIANT = "default"
 ESTIMATE_KEYS: tuple[str, ...] = ("seconds_per_unit", "seconds_per_step", "seconds_per_evaluation")
 
 
+def plan_values(
+    plan_class: type, package: str, filename: str, override_path: str | None, quick: bool
+) -> tuple[dict[str, Any], str]:
+    """A packaged plan's values (with its ``quick`` overrides when ``quick``), with the keys of
+    ``override_path`` (a YAML mapping) replacing its own, each checked against ``plan_class``'s fields;
+    and the file the last values came from."""
+    source = str(resources.files(package).joinpath(filename))
+    values = load_yaml_config(source)
+    quick_overrides = values.pop("quick", {})
+    if quick:
+        values.update(quick_overrides)
+    if override_path:
+        source = override_path
+        values.update(load_yaml_config(override_path))
+    known = [f.name for f in dataclasses.fields(plan_class)]
+    for key in values:
+        if key not in known:
+            raise UserError(f"unknown study key '{key}'{did_you_mean(key, known)}", source=source)
+    return values, source
+
+
 @dataclass(frozen=True)
 class Arm:
     """DPO (``source`` None) or TIS-DPO with weights from ``source`` under transform ``variant``."""
@@ -84,18 +105,7 @@ class StudyPlan:
     def load(cls, override_path: str | None = None, quick: bool = False) -> StudyPlan:
         """The packaged plan (with its ``quick`` overrides when ``quick``), with the keys of
         ``override_path`` (a YAML mapping) replacing its own."""
-        source = str(resources.files("tisdpo.demo.study").joinpath("study.yaml"))
-        values = load_yaml_config(source)
-        quick_overrides = values.pop("quick", {})
-        if quick:
-            values.update(quick_overrides)
-        if override_path:
-            source = override_path
-            values.update(load_yaml_config(override_path))
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                raise UserError(f"unknown study key '{key}'{did_you_mean(key, known)}", source=source)
+        values, source = plan_values(cls, "tisdpo.demo.study", "study.yaml", override_path, quick)
         try:
             regimes = {name: Regime(**spec) for name, spec in (values.get("regimes") or {}).items()}
             plan = cls(**{**values, "regimes": regimes})

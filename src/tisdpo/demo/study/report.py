@@ -84,7 +84,7 @@ def flips(entry: dict[str, Any], arm: str) -> bool:
     return verdict(entry["arms"][arm]["score"]) != verdict(entry["per_word"][arm]["score"])
 
 
-def comparison_table(entry: dict[str, Any]) -> str:
+def comparison_table(entry: dict[str, Any], length_unit: str = "words") -> str:
     levels = entry["kl_levels"]
     header = [
         "arm",
@@ -95,7 +95,7 @@ def comparison_table(entry: dict[str, Any]) -> str:
         "best reward at any KL",
         "- DPO's best",
         "largest KL",
-        "length (words)",
+        f"length ({length_unit})",
         "ended",
     ]
     rows = []
