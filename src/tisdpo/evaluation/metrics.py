@@ -134,19 +134,18 @@ def summarize(
         if key not in keys:
             continue
         name = "reward" if key == primary else key
-        policy = [float(r["scores"][key]) for r in records]
-        baseline = [float(r["baseline_scores"][key]) for r in records] if has_baseline else []
-        for prefix, values in (("", policy), ("baseline_", baseline))[: len(sides)]:
-            mean, std, stderr = spread(values)
+        values_by_side = {side: [float(r[f"{side}scores"][key]) for r in records] for side, _ in sides}
+        for side, prefix in sides:
+            mean, std, stderr = spread(values_by_side[side])
             metrics[f"gen/{prefix}{name}_mean"] = mean
             metrics[f"gen/{prefix}{name}_std"] = std
             metrics[f"gen/{prefix}{name}_stderr"] = stderr
-        if not has_baseline:
             if key == primary:
-                per_token = [v / max(r["length"], 1) for v, r in zip(policy, records)]
-                metrics["gen/reward_per_token_mean"] = float(np.mean(per_token))
+                per_token = [v / max(r[f"{side}length"], 1) for v, r in zip(values_by_side[side], records)]
+                metrics[f"gen/{prefix}reward_per_token_mean"] = float(np.mean(per_token))
+        if not has_baseline:
             continue
-        wins = [win_value(p, b) for p, b in zip(policy, baseline)]
+        wins = [win_value(p, b) for p, b in zip(values_by_side[""], values_by_side["baseline_"])]
         win_name = "win_rate" if key == primary else f"{key}_win_rate"
         low, high = bootstrap_interval(per_prompt_means(records, wins), bootstrap_samples, seed)
         metrics[f"gen/{win_name}"] = float(np.mean(wins))
@@ -154,9 +153,6 @@ def summarize(
         metrics[f"gen/{win_name}_ci_high"] = high
         if key == primary:
             metrics["gen/tie_rate"] = float(np.mean([w == 0.5 for w in wins]))
-            for side, prefix, values in (("", "", policy), ("baseline_", "baseline_", baseline)):
-                per_token = [v / max(r[f"{side}length"], 1) for v, r in zip(values, records)]
-                metrics[f"gen/{prefix}reward_per_token_mean"] = float(np.mean(per_token))
 
     if "safe" in keys:
         metrics["gen/safe_rate"] = float(np.mean([r["scores"]["safe"] for r in records]))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tisdpo.demo.sentiment.vader import ATTRIBUTIONS, DIRECTIONS
-from tisdpo.demo.study.plan import DPO, Arm, plan_values
+from tisdpo.demo.study.plan import DPO, Arm, load_plan
 from tisdpo.errors import UserError, did_you_mean
 
 REGIME = "real"  # the tag the shared frontier helpers group runs by
@@ -45,13 +45,7 @@ class RealStudyPlan:
     @classmethod
     def load(cls, override_path: str | None = None, quick: bool = False) -> RealStudyPlan:
         """The packaged plan (``quick``: with its quick overrides), ``override_path``'s keys replacing its own."""
-        values, source = plan_values(cls, "tisdpo.demo.sentiment", "real_study.yaml", override_path, quick)
-        try:
-            plan = cls(**values)
-        except TypeError as err:
-            raise UserError(f"study settings: {err}", source=source) from None
-        plan.validate(source)
-        return plan
+        return load_plan(cls, "tisdpo.demo.sentiment", "real_study.yaml", override_path, quick)
 
     def validate(self, source: str) -> None:
         def fail(message: str, key: str) -> None:

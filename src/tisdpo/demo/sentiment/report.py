@@ -40,7 +40,7 @@ def start_points(plan: RealStudyPlan, paths: Paths) -> dict[int, dict[str, Any]]
     return out
 
 
-def collect_samples(plan: RealStudyPlan, paths: Paths, out_file: str) -> int:
+def collect_samples(plan: RealStudyPlan, paths: Paths, results: list[dict[str, Any]], out_file: str) -> int:
     """``samples.jsonl``: every evaluated response of the start model and of every arm's checkpoints."""
     rows: list[dict[str, Any]] = []
 
@@ -63,7 +63,7 @@ def collect_samples(plan: RealStudyPlan, paths: Paths, out_file: str) -> int:
 
     for seed in plan.seeds:
         add(paths.start_eval(seed), "start", seed, None, "final", 0)
-    for stored in sorted(finished_results(paths.arms), key=lambda s: s["unit"]["name"]):
+    for stored in sorted(results, key=lambda s: s["unit"]["name"]):
         tags = stored["unit"]["tags"]
         folder = os.path.join(paths.arms, tags["arm"].replace("/", "__"), f"b{tags['beta']:g}", f"s{tags['seed']}")
         for point in stored["points"]:
@@ -112,13 +112,12 @@ def weight_quality(plan: RealStudyPlan, paths: Paths) -> dict[str, Any]:
     """Token AUC of each estimated source's rewards against the oracle: over content tokens whose oracle
     reward is not 0, how often a token the oracle rewards outranks one it penalises (0.5: no information)."""
     out: dict[str, Any] = {}
+    estimated = [source for source in ("D", "P") if source in plan.sources]
+    if "oracle" not in plan.sources:
+        return out
     for seed in plan.seeds:
-        oracle_rows = read_jsonl(paths.arm_weights(seed, "oracle")) if "oracle" in plan.sources else []
-        if not oracle_rows:
-            return out
-        for source in ("D", "P"):
-            if source not in plan.sources:
-                continue
+        oracle_rows = read_jsonl(paths.arm_weights(seed, "oracle"))
+        for source in estimated:
             rows = read_jsonl(paths.arm_weights(seed, source))
             scores, labels = [], []
             for truth_row, row in zip(oracle_rows, rows):
@@ -151,10 +150,15 @@ def start_distribution(paths: Paths) -> dict[str, float]:
     }
 
 
-def compare(plan: RealStudyPlan, paths: Paths) -> dict[str, Any]:
-    starts = start_points(plan, paths)
-    rewards = finished_grid(paths.arms)[REGIME]
-    per_token = finished_grid(paths.arms, "reward_per_word")[REGIME]
+def compare(
+    plan: RealStudyPlan,
+    starts: dict[int, dict[str, Any]],
+    rewards: dict[str, dict[int, list]],
+    per_token: dict[str, dict[int, list]],
+    results: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The arms' frontiers (``rewards`` / ``per_token``: arm -> seed -> (KL, value) points) against DPO at
+    the union KL levels, their lengths and ended shares (``results``: the runs' result files), and the start's."""
     levels = union_kl_levels(rewards, plan.kl_fractions)
     sft = {seed: point["reward"] for seed, point in starts.items()}
     sft_per_token = {seed: point["reward_per_word"] for seed, point in starts.items()}
@@ -162,7 +166,7 @@ def compare(plan: RealStudyPlan, paths: Paths) -> dict[str, Any]:
         "kl_levels": levels,
         "arms": compare_arms(rewards, sft, levels),
         "per_word": compare_arms(per_token, sft_per_token, levels),
-        "lengths": length_stats(finished_results(paths.arms), REGIME),
+        "lengths": length_stats(results, REGIME),
         "start": {
             "reward": interval(list(sft.values())),
             "length": interval([p["length"] for p in starts.values()]),
@@ -188,16 +192,17 @@ def answers(entry: dict[str, Any], quality: dict[str, Any]) -> dict[str, str]:
 
 def write_report(plan: RealStudyPlan, paths: Paths, model_dir: str) -> dict[str, Any]:
     out_dir = paths.root
-    entry = compare(plan, paths)
+    starts = start_points(plan, paths)
+    results = finished_results(paths.arms)
+    rewards = finished_grid(paths.arms)[REGIME]
+    per_token = finished_grid(paths.arms, "reward_per_word")[REGIME]
+    entry = compare(plan, starts, rewards, per_token, results)
     quality = weight_quality(plan, paths)
     labels = {}
     for seed in plan.seeds:
         with open(paths.labels(seed), encoding="utf-8") as handle:
             labels[seed] = json.load(handle)
-    n_samples = collect_samples(plan, paths, os.path.join(out_dir, "samples.jsonl"))
-    rewards = finished_grid(paths.arms)[REGIME]
-    per_token = finished_grid(paths.arms, "reward_per_word")[REGIME]
-    starts = start_points(plan, paths)
+    n_samples = collect_samples(plan, paths, results, os.path.join(out_dir, "samples.jsonl"))
     panels = [
         frontier_panel("gold reward", rewards, {s: p["reward"] for s, p in starts.items()}, entry["kl_levels"]),
         frontier_panel(

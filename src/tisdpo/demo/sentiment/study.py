@@ -20,7 +20,6 @@ The run, every step resumable (a killed run redoes at most the units in flight):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -29,7 +28,7 @@ from tisdpo.demo.sentiment.plan import REGIME, Paths, RealStudyPlan, read_jsonl,
 from tisdpo.demo.sentiment.vader import SCORERS
 from tisdpo.demo.sentiment.weights import write_seed_weights
 from tisdpo.demo.study.units import Unit, run_units
-from tisdpo.utils import digest, write_json
+from tisdpo.utils import write_json
 
 
 # -- 1. the task ------------------------------------------------------------------------------------
@@ -201,10 +200,6 @@ def derive_arm_weights(plan: RealStudyPlan, paths: Paths, model_dir: str) -> Non
 
 
 # -- the command -----------------------------------------------------------------------------------------
-def plan_fingerprint(plan: RealStudyPlan) -> str:
-    return digest(dataclasses.asdict(plan))
-
-
 def run_real_study(
     output_dir: str, config: str | None = None, workers: int | None = None, dry_run: bool = False, quick: bool = False
 ) -> dict[str, Any] | None:

@@ -43,14 +43,12 @@ def sample_pairs(
     max_prompt_length: int = 96,
 ) -> list[dict[str, Any]]:
     """Two sampled responses per prompt with their gold rewards (see the module docstring)."""
-    from transformers import AutoModelForCausalLM
-
     from tisdpo.data.tokenize import PairTokenizer
     from tisdpo.evaluation.generation import eos_token_ids, sample_responses
-    from tisdpo.modeling import load_tokenizer
+    from tisdpo.modeling import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = load_causal_lm(model_dir)
     pair_tokenizer = PairTokenizer(tokenizer, max_length, max_prompt_length)
     prompt_ids = [
         pair_tokenizer.encode_prompt(

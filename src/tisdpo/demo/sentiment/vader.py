@@ -25,6 +25,7 @@ task with one line that says how to install it.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,20 +96,6 @@ def _with_emoji_names(chunk: str, emojis: dict[str, str]) -> str:
     return out
 
 
-def _chunks(text: str) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for index, char in enumerate(text):
-        if char.isspace():
-            if start is not None:
-                spans.append((start, index))
-                start = None
-        elif start is None:
-            start = index
-    if start is not None:
-        spans.append((start, len(text)))
-    return spans
-
-
 def rule_valences(text: str) -> list[float]:
     """VADER's per-word valences after its rules (one per word of its split), as ``polarity_scores`` sums them."""
     from vaderSentiment.vaderSentiment import BOOSTER_DICT, SentiText
@@ -134,7 +121,7 @@ def word_attributions(text: str, attribution: str = "rules") -> list[Word]:
     if attribution not in ATTRIBUTIONS:
         raise UserError(f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got '{attribution}'")
     vader = analyzer()
-    spans = _chunks(text)
+    spans = [match.span() for match in re.finditer(r"\S+", text)]  # VADER splits on whitespace
     expanded = [_with_emoji_names(text[s:e], vader.emojis).split() for s, e in spans]
     rewritten = " ".join(part for parts in expanded for part in parts)
     if attribution == "rules":

@@ -9,6 +9,7 @@ noise). Each seed draws its own task data and trains its own contrastive models.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -23,12 +24,17 @@ DEFAULT_VARIANT = "default"
 ESTIMATE_KEYS: tuple[str, ...] = ("seconds_per_unit", "seconds_per_step", "seconds_per_evaluation")
 
 
-def plan_values(
-    plan_class: type, package: str, filename: str, override_path: str | None, quick: bool
-) -> tuple[dict[str, Any], str]:
-    """A packaged plan's values (with its ``quick`` overrides when ``quick``), with the keys of
-    ``override_path`` (a YAML mapping) replacing its own, each checked against ``plan_class``'s fields;
-    and the file the last values came from."""
+def load_plan(
+    plan_class: type,
+    package: str,
+    filename: str,
+    override_path: str | None,
+    quick: bool,
+    build: Callable[..., Any] | None = None,
+) -> Any:
+    """A packaged plan (with its ``quick`` overrides when ``quick``), the keys of ``override_path`` (a YAML
+    mapping) replacing its own, each checked against ``plan_class``'s fields, built by ``build`` (default:
+    the class itself) from the values, then validated (``plan.validate(source)``)."""
     source = str(resources.files(package).joinpath(filename))
     values = load_yaml_config(source)
     quick_overrides = values.pop("quick", {})
@@ -41,7 +47,12 @@ def plan_values(
     for key in values:
         if key not in known:
             raise UserError(f"unknown study key '{key}'{did_you_mean(key, known)}", source=source)
-    return values, source
+    try:
+        plan = (build or plan_class)(**values)
+    except TypeError as err:
+        raise UserError(f"study settings: {err}", source=source) from None
+    plan.validate(source)
+    return plan
 
 
 @dataclass(frozen=True)
@@ -105,14 +116,12 @@ class StudyPlan:
     def load(cls, override_path: str | None = None, quick: bool = False) -> StudyPlan:
         """The packaged plan (with its ``quick`` overrides when ``quick``), with the keys of
         ``override_path`` (a YAML mapping) replacing its own."""
-        values, source = plan_values(cls, "tisdpo.demo.study", "study.yaml", override_path, quick)
-        try:
+
+        def build(**values: Any) -> StudyPlan:
             regimes = {name: Regime(**spec) for name, spec in (values.get("regimes") or {}).items()}
-            plan = cls(**{**values, "regimes": regimes})
-        except TypeError as err:
-            raise UserError(f"study settings: {err}", source=source) from None
-        plan.validate(source)
-        return plan
+            return cls(**{**values, "regimes": regimes})
+
+        return load_plan(cls, "tisdpo.demo.study", "study.yaml", override_path, quick, build)
 
     def validate(self, source: str) -> None:
         def fail(message: str, key: str) -> None:
