@@ -216,3 +216,22 @@ def test_a_second_run_redoes_nothing(mini_study, tiny_model_dir, capsys):
     assert run_cli("demo", "--real-study", "--study_config", config, "--output_dir", mini_study) == 0
     out = capsys.readouterr().out
     assert "arms: 10 of 10 units finished earlier" in out and "sampling" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("direction: up\n", "field 'direction': must be one of positive, negative, got 'up'"),
+        ("bogus: 1\n", "unknown study key 'bogus'"),
+        ("eval_prompts: 300\n", "field 'eval_prompts': must be at most n_eval_prompts=256, got 300"),
+        ("attribution: loo\n", "field 'attribution': must be one of rules, lexicon, got 'loo'"),
+        ("train: {lora_r: -1}\n", "field 'train.lora_r': must be >= 1 (got -1)"),
+        ("sources: [oracle, Q]\n", "unknown weight source 'Q'"),
+    ],
+)
+def test_bad_study_settings_stop_with_one_line(tmp_path, capsys, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text, encoding="utf-8")
+    assert run_cli("demo", "--real-study", "--dry_run", "--study_config", config, "--output_dir", tmp_path) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(config) in err[0]
