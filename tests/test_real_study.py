@@ -181,7 +181,12 @@ def test_the_miniature_study_writes_every_product(mini_study):
     assert set(study["oracle_ranking"]) == {"rules", "lexicon"}
     assert (mini_study / "frontier.png").stat().st_size > 0
     text = (mini_study / "study.md").read_text(encoding="utf-8")
-    assert "tisdpo_oracle minus DPO" in text and "length (tokens)" in text
+    assert "tisdpo_oracle minus DPO" in text and "length (tokens)" in text and "Within DPO's KL range" in text
+    inside = study["comparison"]["within_dpo_range"]
+    dpo_reach = arms["dpo"]["max_kl"]["mean"]
+    assert inside["kl_levels"][-1] == pytest.approx(dpo_reach, abs=1e-3)  # 2 seeds: median reach = mean reach
+    assert inside["kl_levels"][-1] <= max(study["comparison"]["kl_levels"])
+    assert set(inside["arms"]) == set(arms)
 
 
 def test_samples_hold_vaders_score_of_each_response(mini_study):

@@ -24,7 +24,7 @@ from tisdpo.demo.study.layout import finished_grid, finished_results
 from tisdpo.demo.study.plan import DPO
 from tisdpo.demo.study.report import clean, comparison_table, flips, length_stats
 from tisdpo.demo.task import token_auc
-from tisdpo.report.frontier import compare_arms, interval, union_kl_levels, verdict
+from tisdpo.report.frontier import compare_arms, interval, kl_levels, union_kl_levels, verdict
 from tisdpo.report.plots import frontier_bands_plot, frontier_panel
 from tisdpo.report.tables import fmt_interval, markdown_table
 from tisdpo.utils import write_json
@@ -158,15 +158,25 @@ def compare(
     results: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The arms' frontiers (``rewards`` / ``per_token``: arm -> seed -> (KL, value) points) against DPO at
-    the union KL levels, their lengths and ended shares (``results``: the runs' result files), and the start's."""
-    levels = union_kl_levels(rewards, plan.kl_fractions)
+    the union KL levels, and again at levels inside DPO's own KL range (``within_dpo_range``: beyond its
+    reach DPO's frontier is flat at its best reward, a point DPO was not trained to; inside it every arm is
+    measured where DPO was), their lengths and ended shares (``results``: the runs' result files), and the
+    start's."""
     sft = {seed: point["reward"] for seed, point in starts.items()}
     sft_per_token = {seed: point["reward_per_word"] for seed, point in starts.items()}
+    lengths = length_stats(results, REGIME)
+
+    def at(levels: list[float]) -> dict[str, Any]:
+        return {
+            "kl_levels": levels,
+            "arms": compare_arms(rewards, sft, levels),
+            "per_word": compare_arms(per_token, sft_per_token, levels),
+            "lengths": lengths,
+        }
+
     return {
-        "kl_levels": levels,
-        "arms": compare_arms(rewards, sft, levels),
-        "per_word": compare_arms(per_token, sft_per_token, levels),
-        "lengths": length_stats(results, REGIME),
+        **at(union_kl_levels(rewards, plan.kl_fractions)),
+        "within_dpo_range": at(kl_levels(rewards[DPO.name], plan.kl_fractions)),
         "start": {
             "reward": interval(list(sft.values())),
             "length": interval([p["length"] for p in starts.values()]),
@@ -176,15 +186,18 @@ def compare(
 
 
 def answers(entry: dict[str, Any], quality: dict[str, Any]) -> dict[str, str]:
-    def line(arm: str) -> str:
-        stats = entry["arms"][arm]
-        flipped = " (flips under length control)" if flips(entry, arm) else ""
+    def line(comparison: dict[str, Any], arm: str) -> str:
+        stats = comparison["arms"][arm]
+        flipped = " (flips under length control)" if flips(comparison, arm) else ""
         return f"{fmt_interval(stats['score'], signed=True)}: {verdict(stats['score'])}{flipped}"
 
     out = {}
     for arm in entry["arms"]:
         if arm != DPO.name:
-            out[arm] = f"{arm} minus DPO, frontier gold reward averaged over the KL levels: {line(arm)}"
+            out[arm] = (
+                f"{arm} minus DPO, frontier gold reward averaged over the KL levels: {line(entry, arm)}; "
+                f"within DPO's KL range: {line(entry['within_dpo_range'], arm)}"
+            )
     for source, stats in quality.items():
         out[f"auc_{source}"] = f"token AUC of {source}'s rewards against the oracle: {fmt_interval(stats['auc'])}"
     return out
@@ -254,6 +267,13 @@ def markdown(plan: RealStudyPlan, study: dict[str, Any]) -> str:
         f"## Frontiers at KL levels {entry['kl_levels']} (95% intervals over seeds)",
         "",
         comparison_table(entry, length_unit="tokens"),
+        "",
+        f"## Within DPO's KL range: levels {entry['within_dpo_range']['kl_levels']}",
+        "",
+        "Beyond the KL DPO reached, its frontier is flat at its best reward; these levels measure every arm "
+        "where DPO was trained to.",
+        "",
+        comparison_table(entry["within_dpo_range"], length_unit="tokens"),
         "",
         "![frontiers](frontier.png)",
         "",
